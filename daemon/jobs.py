@@ -1,0 +1,209 @@
+"""Jobs: the request an app sends, the record genrelay keeps, and the update a provider reports.
+
+The transition rules themselves (monotonic, idempotent) live in ``lua/transition.lua`` so that
+they run atomically next to the data; this module holds the shapes around them.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from daemon.errors import InvalidRequest
+
+MAX_REF_LENGTH = 1024  # providers cap replyRef/replyUrl at 1024 characters
+MAX_PARAMS_BYTES = 64 * 1024  # a generation request is a prompt and a few URLs, not a payload
+DEFAULT_PRIORITY = 5
+# Stable namespace so the same app request id always maps to the same job id (idempotent enqueue).
+REQUEST_NAMESPACE = uuid.UUID("6f1c3a52-9a59-4b8e-8d7c-3f4b1c2a9e10")
+
+
+class State(enum.StrEnum):
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELED})
+
+
+def new_job_id(provider: str, request_id: str | None = None) -> str:
+    """A job id names its provider, so every key of the job shares the provider's hash tag."""
+    token = uuid.uuid5(REQUEST_NAMESPACE, f"{provider}:{request_id}") if request_id else uuid.uuid4()
+    return f"{provider}-{token.hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A validated request to run one generation."""
+
+    provider: str
+    operation: str
+    params: dict[str, Any]
+    account: str | None = None
+    reply_url: str | None = None
+    reply_ref: str | None = None
+    priority: int = DEFAULT_PRIORITY
+    request_id: str | None = None
+
+    @classmethod
+    def from_json(cls, body: Any) -> JobRequest:
+        """Check types and bounds of a decoded JSON body; provider and account are checked later."""
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        unknown = set(body) - {
+            "provider",
+            "operation",
+            "params",
+            "account",
+            "replyUrl",
+            "replyRef",
+            "priority",
+            "requestId",
+        }
+        if unknown:
+            raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        params = body.get("params", {})
+        if not isinstance(params, dict):
+            raise InvalidRequest("'params' must be a JSON object")
+        if len(orjson.dumps(params)) > MAX_PARAMS_BYTES:
+            raise InvalidRequest(f"'params' is larger than {MAX_PARAMS_BYTES} bytes")
+        priority = body.get("priority", DEFAULT_PRIORITY)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise InvalidRequest("'priority' must be an integer from 0 to 9 (higher runs first)")
+        reply_url = _optional_str(body, "replyUrl")
+        if reply_url is not None and not reply_url.startswith(("http://", "https://")):
+            raise InvalidRequest("'replyUrl' must be an http(s) URL")
+        return cls(
+            provider=_required_str(body, "provider"),
+            operation=_required_str(body, "operation"),
+            params=params,
+            account=_optional_str(body, "account"),
+            reply_url=reply_url,
+            reply_ref=_optional_str(body, "replyRef"),
+            priority=priority,
+            request_id=_optional_str(body, "requestId"),
+        )
+
+
+def _required_str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"'{name}' is required and must be a non-empty string")
+    return value
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_REF_LENGTH:
+        raise InvalidRequest(f"'{name}' must be a non-empty string of at most {MAX_REF_LENGTH} characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What a provider reported about a job, ready for the transition script."""
+
+    state: State
+    progress: int | None = None
+    message: str | None = None
+    artifact: dict[str, Any] | None = None
+    provider_job_id: str | None = None
+    error_type: str | None = None
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = {"state": self.state.value}
+        if self.progress is not None:
+            data["progress"] = self.progress
+        if self.message is not None:
+            data["message"] = self.message
+        if self.artifact is not None:
+            data["artifact"] = orjson.dumps(self.artifact).decode()
+        if self.provider_job_id is not None:
+            data["provider_job_id"] = self.provider_job_id
+        if self.error_type is not None:
+            data["error_type"] = self.error_type
+        return orjson.dumps(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job record as stored in Redis (a hash of strings)."""
+
+    fields: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        return self.fields["id"]
+
+    @property
+    def provider(self) -> str:
+        return self.fields["provider"]
+
+    @property
+    def state(self) -> State:
+        return State(self.fields["state"])
+
+    @property
+    def operation(self) -> str:
+        return self.fields["operation"]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = orjson.loads(self.fields.get("params", "{}"))
+        return loaded
+
+    @property
+    def account(self) -> str | None:
+        return self.fields.get("account") or None
+
+    @property
+    def provider_job_id(self) -> str | None:
+        return self.fields.get("provider_job_id") or None
+
+    def ms(self, name: str) -> int | None:
+        value = self.fields.get(name)
+        return int(value) if value else None
+
+    def to_api(self) -> dict[str, Any]:
+        """The job in the shape of the seed's status model, plus genrelay's own fields."""
+        f = self.fields
+        artifact = orjson.loads(f["artifact"]) if f.get("artifact") else None
+        status: dict[str, Any] = {"type": f["state"], "progress": int(f.get("progress") or 0)}
+        if f.get("message"):
+            status["message"] = f["message"]
+        if artifact:
+            status["artifact"] = artifact
+        return {
+            "jobId": self.id,
+            "status": status,
+            "provider": self.provider,
+            "operation": self.operation,
+            "params": self.params,
+            "account": self.account,
+            "providerJobId": self.provider_job_id,
+            "replyRef": f.get("reply_ref") or None,
+            "replyUrl": f.get("reply_url") or None,
+            "priority": int(f.get("priority") or DEFAULT_PRIORITY),
+            "errorType": f.get("error_type") or None,
+            "endedBy": f.get("ended_by") or None,
+            "submitTries": int(f.get("submit_tries") or 0),
+            "createdAt": self.ms("created_ms"),
+            "submittedAt": self.ms("submitted_ms"),
+            "startedAt": self.ms("started_ms"),
+            "finishedAt": self.ms("finished_ms"),
+            "updatedAt": self.ms("updated_ms"),
+        }

@@ -1,0 +1,106 @@
+"""Every Redis key genrelay uses, in one place.
+
+Keys of one provider share the hash tag ``{provider}`` so every multi-key script runs on one
+Redis Cluster slot. The arq queue and arq's own ``arq:job:*`` keys cannot be tagged (arq fixes
+their names); arq does not run on Cluster anyway, so the supported scale-out Redis is a single
+primary, and the day arq supports Cluster only the queue has to move.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+PREFIX = "genrelay"
+
+# The arq queue all genrelay tasks go through.
+ARQ_QUEUE = f"{PREFIX}:queue"
+# arq's fixed prefix for serialized jobs; the dispatch scripts write submissions there themselves.
+ARQ_JOB_PREFIX = "arq:job:"
+# Generated once when GENRELAY_SECRET is unset, so every process signs with the same key.
+SECRET = f"{PREFIX}:secret"
+
+JOB_ID_PATTERN = re.compile(r"^(?P<provider>[a-z][a-z0-9]*)-(?P<token>[0-9a-f]{32})$")
+
+STATES = ("queued", "submitting", "active", "completed", "failed", "canceled")
+
+
+def provider_of(job_id: str) -> str | None:
+    """The provider named in a job id, or None when the id is not one of ours."""
+    match = JOB_ID_PATTERN.match(job_id)
+    return match.group("provider") if match else None
+
+
+def tag(provider: str) -> str:
+    return f"{PREFIX}:{{{provider}}}"
+
+
+def job_key(job_id: str) -> str:
+    provider = provider_of(job_id)
+    if provider is None:
+        raise ValueError(f"not a genrelay job id: {job_id!r}")
+    return f"{tag(provider)}:job:{job_id}"
+
+
+def events_key(provider: str) -> str:
+    return f"{tag(provider)}:events"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKeys:
+    """The fixed keys of one provider, in the order the Lua prelude (lua/lib.lua) expects them."""
+
+    accounts: str  # hash  account name -> maxJobs
+    disabled: str  # hash  account name -> why it was disabled
+    cooldown: str  # zset  account name -> cooling down until (ms)
+    waiting: str  # zset  job id -> priority band * 1e13 + arrival ms
+    pins: str  # hash  job id -> account the waiting job is pinned to
+    events: str  # stream of every transition, capped
+    polls: str  # zset  job id -> next poll due (ms)
+    polling: str  # zset  job id -> claim expiry (ms) while a worker polls it
+    expired: str  # list  job ids whose lease expired, for the sweep to fail
+    index: str  # zset  job id -> created (ms), every job
+    states: tuple[str, ...]  # one zset per state: job id -> last update (ms)
+
+    def fixed(self) -> list[str]:
+        return [
+            self.accounts,
+            self.disabled,
+            self.cooldown,
+            self.waiting,
+            self.pins,
+            self.events,
+            self.polls,
+            self.polling,
+            self.expired,
+            self.index,
+            *self.states,
+            ARQ_QUEUE,
+        ]
+
+    def state(self, name: str) -> str:
+        return self.states[STATES.index(name)]
+
+
+@cache
+def provider_keys(provider: str) -> ProviderKeys:
+    base = tag(provider)
+    return ProviderKeys(
+        accounts=f"{base}:accounts",
+        disabled=f"{base}:disabled",
+        cooldown=f"{base}:cooldown",
+        waiting=f"{base}:waiting",
+        pins=f"{base}:pins",
+        events=f"{base}:events",
+        polls=f"{base}:polls",
+        polling=f"{base}:polling",
+        expired=f"{base}:expired",
+        index=f"{base}:jobs",
+        states=tuple(f"{base}:state:{state}" for state in STATES),
+    )
+
+
+def lease_key(provider: str, account: str) -> str:
+    """zset of the leases on one account: job id -> lease expiry (ms, Redis server clock)."""
+    return f"{tag(provider)}:leases:{account}"

@@ -1,0 +1,35 @@
+-- claim_submit.lua: a worker is about to call the provider for this job (write-ahead record).
+-- KEYS: the prelude layout; KEYS[18+N] is the job's hash.
+-- Only a job that holds a live lease moves to 'submitting'; a holder that lost its lease must not
+-- submit (the job goes back in line instead).
+-- Returns {'go', account, tries, previous_state} | {'skip', state} | {'requeued'} | {'missing'}.
+
+local job = redis.call('HGET', JOB_KEY, 'id')
+if not job then return {'missing'} end
+local state = redis.call('HGET', JOB_KEY, 'state')
+if state ~= 'queued' and state ~= 'submitting' then return {'skip', state} end
+local i = lease_of(job)
+if i and tonumber(redis.call('ZSCORE', lease_key(i), job)) <= NOW then i = nil end
+if not i then
+  if state == 'submitting' then
+    redis.call('HSET', JOB_KEY, 'state', 'queued', 'updated_ms', NOW)
+    move_state_index(job, state, 'queued')
+  end
+  if not redis.call('ZSCORE', KEYS[K_WAITING], job) then
+    local pin = redis.call('HGET', JOB_KEY, 'pinned') or ''
+    enqueue_waiting(job, tonumber(redis.call('HGET', JOB_KEY, 'priority') or 5),
+                    tonumber(redis.call('HGET', JOB_KEY, 'created_ms')), pin)
+  end
+  emit(job, 'queued', 0, '', 'lease_lost')
+  handoff()
+  return {'requeued'}
+end
+renew(job)
+local tries = redis.call('HINCRBY', JOB_KEY, 'submit_tries', 1)
+redis.call('HSET', JOB_KEY, 'state', 'submitting', 'account', cfg.accounts[i], 'updated_ms', NOW,
+           'submitted_ms', NOW)
+if state ~= 'submitting' then
+  move_state_index(job, state, 'submitting')
+  emit(job, 'submitting', 0, cfg.accounts[i], 'worker')
+end
+return {'go', cfg.accounts[i], tries, state}

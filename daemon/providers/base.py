@@ -1,0 +1,81 @@
+"""What every provider adapter offers, and the HTTP error handling they share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from daemon.errors import ProviderAction, ProviderError
+from daemon.jobs import Job, Update
+from daemon.settings import Account
+
+USER_AGENT = "genrelay/0.1 (+https://github.com/genrelay/genrelay)"
+# A submit or a status read is one small JSON exchange; anything slower is treated as a failure.
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
+
+
+class Provider(Protocol):
+    """A provider API: submit a job and read its status."""
+
+    name: str
+    webhooks: bool
+    operations: frozenset[str]
+
+    async def submit(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
+        """Start the job at the provider; returns the provider's job id."""
+        ...
+
+    async def status(self, session: aiohttp.ClientSession, account: Account, job: Job) -> Update:
+        """Read the job's status at the provider."""
+        ...
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare for APIs; fall back to our own backoff
+
+
+async def request_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    account: Account,
+    classify: Any,
+    json_body: Any = None,
+) -> tuple[int, Any]:
+    """One JSON request; network failures become retryable ``ProviderError``s.
+
+    ``classify(status, body, headers)`` raises a ``ProviderError`` for error answers.
+    """
+    headers = {"Authorization": f"Bearer {account.api_key}", "User-Agent": USER_AGENT}
+    data = None if json_body is None else orjson.dumps(json_body)
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        async with session.request(method, url, data=data, headers=headers, timeout=REQUEST_TIMEOUT) as resp:
+            raw = await resp.read()
+            body = _decode(raw)
+            if resp.status >= 300:
+                classify(resp.status, body, resp.headers)
+            return resp.status, body
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise ProviderError(
+            f"{method} {url.split('?')[0]} failed: {type(exc).__name__} {exc}".strip(),
+            action=ProviderAction.RETRY,
+        ) from exc
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return {"raw": raw[:200].decode(errors="replace")}

@@ -1,0 +1,180 @@
+"""Per-account slots: leases with an expiry, a waiting queue per provider, hand-off on release.
+
+The scripts do the work atomically (``lua/lib.lua`` and the scripts that include it): a new job
+takes a free slot or joins the waiting queue (``create_job.lua``); the terminal transition
+releases the slot and hands it to the next waiting job in the same script (``transition.lua``);
+a 429 cools the account down and puts the job back at the head of the line (``requeue.lua``).
+This module holds what the scripts need from Python (the key bundle and the config of one
+provider), the operator actions, and the capacity view.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from daemon import keys
+from daemon.scripts import Scripts
+from daemon.settings import Settings
+
+# Events kept in each provider's stream; ~ lets Redis trim by whole nodes, which is much cheaper.
+EVENTS_MAXLEN = 100_000
+# arq drops a job whose key has expired; a dispatched submission is picked up within milliseconds,
+# so a day is only a backstop (the sweep re-queues a job whose submission vanished).
+ARQ_EXPIRY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderScope:
+    """Everything a slot-aware script needs to know about one provider."""
+
+    provider: str
+    accounts: tuple[str, ...]
+    keys: tuple[str, ...]
+    lease_ms: int
+    retention_s: int
+
+    def config(self, now_ms: int | None = None) -> bytes:
+        cfg: dict[str, Any] = {
+            "accounts": list(self.accounts),
+            "lease_ms": self.lease_ms,
+            "arq_prefix": keys.ARQ_JOB_PREFIX,
+            "arq_expiry_ms": ARQ_EXPIRY_MS,
+            "events_maxlen": EVENTS_MAXLEN,
+            "retention_s": self.retention_s,
+            "rand": random.randrange(1 << 30),
+        }
+        if now_ms is not None:
+            cfg["now_ms"] = now_ms
+        return orjson.dumps(cfg)
+
+    def keys_with(self, *job_keys: str) -> list[str]:
+        return [*self.keys, *job_keys]
+
+
+def build_scope(settings: Settings, provider: str) -> ProviderScope:
+    accounts = tuple(a.name for a in settings.accounts_for(provider))
+    leases = tuple(keys.lease_key(provider, name) for name in accounts)
+    return ProviderScope(
+        provider=provider,
+        accounts=accounts,
+        keys=(*keys.provider_keys(provider).fixed(), *leases),
+        lease_ms=int(settings.lease_ttl * 1000),
+        retention_s=int(settings.job_retention),
+    )
+
+
+def format_elapsed(ms: int) -> str:
+    """MM:SS, as the provider's scheduler listing shows it (minutes keep counting past 59)."""
+    seconds = max(0, ms // 1000)
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+class SlotAllocator:
+    """Slot bookkeeping for every provider that has accounts in the accounts file."""
+
+    def __init__(self, client: aioredis.Redis, scripts: Scripts, settings: Settings) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.settings = settings
+        self.scopes = {p: build_scope(settings, p) for p in settings.providers()}
+
+    def scope(self, provider: str) -> ProviderScope:
+        return self.scopes[provider]
+
+    async def sync_accounts(self) -> None:
+        """Load every account's maxJobs into Redis; a raised maxJobs dispatches waiting jobs at once."""
+        for provider, scope in self.scopes.items():
+            max_jobs = [str(a.max_jobs) for a in self.settings.accounts_for(provider)]
+            await self.scripts.sync_accounts(keys=list(scope.keys), args=[scope.config(), *max_jobs])
+
+    async def set_enabled(self, provider: str, account: str, *, enabled: bool, reason: str = "") -> bool:
+        """Enable (clearing any cooldown) or disable an account; False when it does not exist."""
+        scope = self.scope(provider)
+        why = "" if enabled else (reason or "disabled by an operator")
+        found = await self.scripts.set_account(keys=list(scope.keys), args=[scope.config(), account, why])
+        return bool(found)
+
+    async def sweep(self, provider: str, limit: int = 100) -> list[str]:
+        """Repair after crashes; returns jobs whose lease expired, for the caller to fail."""
+        scope = self.scope(provider)
+        expired: list[str] = await self.scripts.sweep(keys=list(scope.keys), args=[scope.config(), limit])
+        return expired
+
+    async def capacity(self, provider: str | None = None) -> dict[str, Any]:
+        """The capacity mirror in the shape of the provider's ``GET scheduler/available``."""
+        executing: list[dict[str, Any]] = []
+        available: list[dict[str, Any]] = []
+        now_ms = int(time.time() * 1000)
+        for name in [provider] if provider else sorted(self.scopes):
+            scope = self.scopes.get(name)
+            if scope is None:
+                continue
+            ex, av = await self._provider_capacity(scope, now_ms)
+            executing += ex
+            available += av
+        return {"executing": executing, "available": available}
+
+    async def _provider_capacity(
+        self, scope: ProviderScope, now_ms: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        pk = keys.provider_keys(scope.provider)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(pk.accounts)
+            pipe.hgetall(pk.disabled)
+            pipe.zrange(pk.cooldown, 0, -1, withscores=True)
+            pipe.zcard(pk.waiting)
+            for account in scope.accounts:
+                pipe.zrangebyscore(keys.lease_key(scope.provider, account), now_ms, "+inf")
+            maxes, disabled, cooldowns, waiting, *leases = await pipe.execute()
+        cooldown = {name: int(until) for name, until in cooldowns if until > now_ms}
+        executing = await self._executing(scope, leases, now_ms)
+        available = []
+        for account, held in zip(scope.accounts, leases, strict=True):
+            max_jobs = int(maxes.get(account, 0))
+            available.append(
+                {
+                    "provider": scope.provider,
+                    "email": account,
+                    "maxJobs": max_jobs,
+                    "executing": len(held),
+                    "available": max(0, max_jobs - len(held)),
+                    "enabled": account not in disabled,
+                    "disabledReason": disabled.get(account),
+                    "cooldownUntil": cooldown.get(account),
+                    "waiting": waiting,
+                }
+            )
+        return executing, available
+
+    async def _executing(
+        self, scope: ProviderScope, leases: list[list[str]], now_ms: int
+    ) -> list[dict[str, Any]]:
+        held = [(account, job) for account, jobs in zip(scope.accounts, leases, strict=True) for job in jobs]
+        if not held:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for _, job in held:
+                pipe.hmget(keys.job_key(job), "submitted_ms", "created_ms", "reply_url", "reply_ref")
+            rows = await pipe.execute()
+        out = []
+        for (account, job), (submitted, created, reply_url, reply_ref) in zip(held, rows, strict=True):
+            started = int(submitted or created or now_ms)
+            out.append(
+                {
+                    "jobId": job,
+                    "provider": scope.provider,
+                    "email": account,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started / 1000))
+                    + f".{started % 1000:03d}Z",
+                    "elapsed": format_elapsed(now_ms - started),
+                    "replyUrl": reply_url or None,
+                    "replyRef": reply_ref or None,
+                }
+            )
+        return out

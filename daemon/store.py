@@ -1,0 +1,204 @@
+"""The job store: create, read, list and update jobs in Redis, every change through a script."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from daemon import keys
+from daemon.errors import InvalidRequest, NotFound
+from daemon.jobs import Job, JobRequest, State, Update, new_job_id
+from daemon.providers import get_provider
+from daemon.scripts import Scripts
+from daemon.settings import Settings
+from daemon.slots import SlotAllocator
+
+MAX_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    job_id: str
+    created: bool  # False: the request id was seen before and this is the existing job
+    dispatched: bool  # a slot was free and the submission is on its way
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitClaim:
+    outcome: str  # go | skip | requeued | missing
+    account: str | None = None
+    tries: int = 0
+    state: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollBatch:
+    now_ms: int
+    next_due_ms: int | None
+    due: list[tuple[str, int]]  # (job id, due ms)
+
+
+class JobStore:
+    """Job records and their transitions; see ``lua/transition.lua`` for the rules."""
+
+    def __init__(self, client: aioredis.Redis, scripts: Scripts, slots: SlotAllocator) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.slots = slots
+
+    @property
+    def settings(self) -> Settings:
+        return self.slots.settings
+
+    def check(self, request: JobRequest) -> None:
+        """Refuse a request genrelay cannot run, with a message that says what to change."""
+        configured = self.settings.providers()
+        if request.provider not in configured:
+            raise InvalidRequest(
+                f"unknown provider {request.provider!r}: configured providers are {', '.join(configured)}"
+            )
+        operations = get_provider(request.provider).operations
+        if request.operation not in operations:
+            raise InvalidRequest(
+                f"unknown operation {request.operation!r} for {request.provider}: "
+                f"use one of {', '.join(sorted(operations))}"
+            )
+        if request.account and self.settings.account(request.provider, request.account) is None:
+            raise InvalidRequest(f"no {request.provider} account named {request.account!r}")
+
+    async def create(self, request: JobRequest) -> Created:
+        """Store the job and dispatch it if a slot is free; idempotent on the request id."""
+        self.check(request)
+        job_id = new_job_id(request.provider, request.request_id)
+        fields = {
+            "id": job_id,
+            "provider": request.provider,
+            "operation": request.operation,
+            "params": orjson.dumps(request.params).decode(),
+            "pinned": request.account or "",
+            "reply_url": request.reply_url or "",
+            "reply_ref": request.reply_ref or "",
+            "priority": str(request.priority),
+            "request_id": request.request_id or "",
+        }
+        scope = self.slots.scope(request.provider)
+        result = await self.scripts.create_job(
+            keys=scope.keys_with(keys.job_key(job_id)),
+            args=[scope.config(), orjson.dumps(fields), request.account or "", request.priority],
+        )
+        return Created(job_id=job_id, created=result[0] != "exists", dispatched=result[0] == "dispatched")
+
+    async def get(self, job_id: str) -> Job | None:
+        if keys.provider_of(job_id) is None:
+            return None
+        fields = await self.client.hgetall(keys.job_key(job_id))
+        return Job(fields) if fields else None
+
+    async def require(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r} (unknown, or expired after its retention period)")
+        return job
+
+    async def list_jobs(
+        self, *, state: str | None, provider: str | None, page: int, limit: int
+    ) -> tuple[list[Job], int]:
+        """Newest first; returns one page and the total count matching the filters."""
+        providers = [provider] if provider else list(self.settings.providers())
+        index_keys = [self._index_key(p, state) for p in providers]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in index_keys:
+                pipe.zcard(key)
+                pipe.zrevrange(key, 0, page * limit - 1, withscores=True)
+            results = await pipe.execute()
+        total = sum(results[0::2])
+        merged = sorted((entry for rows in results[1::2] for entry in rows), key=lambda e: -e[1])
+        ids = [job_id for job_id, _ in merged[(page - 1) * limit : page * limit]]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(keys.job_key(job_id))
+            records = await pipe.execute()
+        return [Job(r) for r in records if r], total
+
+    @staticmethod
+    def _index_key(provider: str, state: str | None) -> str:
+        pk = keys.provider_keys(provider)
+        return pk.state(state) if state else pk.index
+
+    async def claim_submit(self, job_id: str) -> SubmitClaim:
+        scope = self.slots.scope(keys.provider_of(job_id) or "")
+        r = await self.scripts.claim_submit(keys=scope.keys_with(keys.job_key(job_id)), args=[scope.config()])
+        if r[0] == "go":
+            return SubmitClaim("go", account=r[1], tries=int(r[2]), state=r[3])
+        return SubmitClaim(r[0], state=r[1] if len(r) > 1 else None)
+
+    async def apply(self, job_id: str, update: Update, *, source: str, poll_in_ms: int = 0) -> str:
+        """Apply one update through the transition script; returns its outcome (applied, duplicate, ...)."""
+        scope = self.slots.scope(keys.provider_of(job_id) or "")
+        r = await self.scripts.transition(
+            keys=scope.keys_with(keys.job_key(job_id)),
+            args=[scope.config(), update.to_json(), poll_in_ms, source],
+        )
+        return str(r[0])
+
+    async def requeue(
+        self, job_id: str, account: str, *, cooldown_until_ms: int = 0, disable_reason: str = "", message: str
+    ) -> str:
+        scope = self.slots.scope(keys.provider_of(job_id) or "")
+        r = await self.scripts.requeue(
+            keys=scope.keys_with(keys.job_key(job_id)),
+            args=[scope.config(), account, cooldown_until_ms, disable_reason, message],
+        )
+        return str(r[0])
+
+    async def poll_failed(self, job_id: str, message: str, *, retry_after_ms: int = 0) -> str:
+        scope = self.slots.scope(keys.provider_of(job_id) or "")
+        s = self.settings
+        r = await self.scripts.poll_failed(
+            keys=scope.keys_with(keys.job_key(job_id)),
+            args=[
+                scope.config(),
+                int(s.retry_base * 1000),
+                int(s.retry_max * 1000),
+                s.poll_max_errors,
+                message,
+                retry_after_ms,
+                random.randrange(1001),
+            ],
+        )
+        return str(r[0])
+
+    async def claim_polls(self, provider: str, batch: int, claim_ms: int) -> PollBatch:
+        pk = keys.provider_keys(provider)
+        r = await self.scripts.claim_polls(keys=[pk.polls, pk.polling], args=[batch, claim_ms, ""])
+        due = [(r[i], int(float(r[i + 1]))) for i in range(2, len(r), 2)]
+        return PollBatch(now_ms=int(r[0]), next_due_ms=int(float(r[1])) if r[1] else None, due=due)
+
+    async def reschedule(self, provider: str, job_ids: list[str], delay_ms: int) -> int:
+        if not job_ids:
+            return 0
+        scope = self.slots.scope(provider)
+        done: int = await self.scripts.reschedule_polls(
+            keys=scope.keys_with(*(keys.job_key(j) for j in job_ids)),
+            args=[scope.config(), delay_ms, *job_ids],
+        )
+        return done
+
+    async def fail_timed_out(self, job_id: str, lease_ttl: float) -> str:
+        update = Update(
+            State.FAILED,
+            message=f"timed out: no sign of life for {lease_ttl:g} s (lease expired)",
+            error_type="timeout",
+        )
+        return await self.apply(job_id, update, source="sweep")
+
+    async def events_since(
+        self, provider: str, last_id: str, block_ms: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Entries of the provider's events stream after ``last_id``, waiting up to ``block_ms``."""
+        reply = await self.client.xread({keys.events_key(provider): last_id}, block=block_ms, count=500)
+        return [(entry_id, fields) for _, entries in reply for entry_id, fields in entries]

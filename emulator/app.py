@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from emulator import control, ltx
+from emulator.config import EmulatorConfig
+from emulator.responses import ApiError, error_response
+from emulator.state import STATE_KEY, EmulatorState
+
+log = logging.getLogger(__name__)
+
+ReadyCallback = Callable[[str, int], None]
+
+
+def create_app(config: EmulatorConfig) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, fault_middleware])
+    app[STATE_KEY] = EmulatorState(config)
+    app.add_routes(control.routes())
+    app.add_routes(ltx.routes())
+    app.on_response_prepare.append(_add_request_id)
+    return app
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["x-request-id"] = os.urandom(16).hex()
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure, including the router's own 404/405/413, leaves in the provider's envelope."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(ApiError(exc.status, headers=_allow_header(exc)))
+    except Exception:
+        log.exception("emulator handler failed: %s %s", request.method, request.path)
+        return error_response(ApiError(500))
+
+
+def _allow_header(exc: web.HTTPException) -> dict[str, str] | None:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else None
+
+
+@web.middleware
+async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    faults = request.app[STATE_KEY].faults
+    if not faults or request.path.startswith(control.PREFIX):
+        return await handler(request)
+    fault = faults.take(request.method, request.path)
+    if fault is None:
+        return await handler(request)
+    if not fault.drop_connection:
+        raise fault.to_error()
+    await request.read()
+    if request.transport is not None:
+        request.transport.close()
+    # The socket is already closing, so aiohttp discards this response instead of sending it.
+    return web.Response(status=500)
+
+
+async def serve(
+    config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8700, on_ready: ReadyCallback | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM; on_ready gets the bound host and port (useful with port 0)."""
+    runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        if on_ready is not None:
+            on_ready(host, int(runner.addresses[0][1]))
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+
+
+def run(
+    config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8700, on_ready: ReadyCallback | None = None
+) -> None:
+    asyncio.run(serve(config, host, port, on_ready))

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from emulator.faults import parse_fault
+from emulator.responses import ApiError, json_response
+from emulator.state import STATE_KEY
+
+PREFIX = "/_emulator"
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get(f"{PREFIX}/stats", stats),
+        web.get(f"{PREFIX}/config", get_config),
+        web.post(f"{PREFIX}/config", update_config),
+        web.post(f"{PREFIX}/keys", register_key),
+        web.get(f"{PREFIX}/faults", list_faults),
+        web.post(f"{PREFIX}/faults", add_fault),
+        web.post(f"{PREFIX}/reset", reset),
+        web.get(f"{PREFIX}/jobs", list_jobs),
+    ]
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE_KEY].stats())
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE_KEY].config.to_json())
+
+
+async def update_config(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    body = await read_object(request)
+    try:
+        state.config = state.config.with_knobs(body)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response(state.config.to_json())
+
+
+async def register_key(request: web.Request) -> web.Response:
+    body = await read_object(request)
+    key, max_jobs = body.get("key"), body.get("max_jobs")
+    if not isinstance(key, str) or not key:
+        raise ApiError(400, "key must be a non-empty string")
+    if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 0:
+        raise ApiError(400, "max_jobs must be an integer >= 0")
+    request.app[STATE_KEY].register_key(key, max_jobs)
+    return json_response({"key": key, "max_jobs": max_jobs})
+
+
+async def list_faults(request: web.Request) -> web.Response:
+    faults = request.app[STATE_KEY].faults
+    return json_response({"faults": faults.to_json(), "injected_remaining": faults.remaining()})
+
+
+async def add_fault(request: web.Request) -> web.Response:
+    faults = request.app[STATE_KEY].faults
+    try:
+        fault = parse_fault(await read_object(request))
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    faults.add(fault)
+    return json_response({"fault": fault.to_json(), "injected_remaining": faults.remaining()})
+
+
+async def reset(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].reset()
+    return json_response({"reset": True})
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    only_key = request.query.get("key") or None
+    now, retention = state.clock(), state.config.retention_seconds
+    listed = [
+        {
+            "id": job.id,
+            "endpoint": job.endpoint,
+            "key": job.key,
+            "status": job.status_at(now),
+            "created_at": job.created_at,
+            "prompt": job.prompt,
+        }
+        for job in state.jobs.values()
+        if (only_key is None or job.key == only_key) and now < job.end + retention
+    ]
+    return json_response(listed)
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"Malformed JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import heapq
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from emulator.config import EmulatorConfig
+from emulator.faults import FaultQueue
+
+PENDING_FRACTION = 0.1
+TERMINAL = frozenset({"completed", "failed"})
+
+_SECONDS_MARKER = re.compile(r"\[seconds=(\d+(?:\.\d*)?|\.\d+)\]")
+
+
+def iso_utc(wall: float) -> str:
+    stamp = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    endpoint: str
+    key: str
+    prompt: str
+    start: float  # monotonic clock; status is derived from it on every read
+    duration: float
+    fails: bool
+    created_at: str
+    completed_at: str
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+    def status_at(self, now: float) -> str:
+        elapsed = now - self.start
+        if elapsed < self.duration * PENDING_FRACTION:
+            return "pending"
+        if elapsed < self.duration:
+            return "processing"
+        return "failed" if self.fails else "completed"
+
+
+@dataclass(slots=True)
+class KeyAccount:
+    max_jobs: int
+    peak: int = 0
+    submitted: int = 0
+    rejected_429: int = 0
+    polls: int = 0
+    # End times of this key's jobs, a min-heap: popping the finished ones leaves the live count.
+    ends: list[float] = field(default_factory=list)
+
+    def executing(self, now: float) -> int:
+        ends = self.ends
+        while ends and ends[0] <= now:
+            heapq.heappop(ends)
+        return len(ends)
+
+    def reset(self) -> None:
+        self.peak = self.submitted = self.rejected_429 = self.polls = 0
+        self.ends.clear()
+
+    def to_json(self, now: float) -> dict[str, int]:
+        return {
+            "max_jobs": self.max_jobs,
+            "executing": self.executing(now),
+            "peak": self.peak,
+            "submitted": self.submitted,
+            "rejected_429": self.rejected_429,
+            "polls": self.polls,
+        }
+
+
+class EmulatorState:
+    def __init__(self, config: EmulatorConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = random.Random(config.seed)
+        self.accounts: dict[str, KeyAccount] = {k: KeyAccount(max_jobs=m) for k, m in config.keys.items()}
+        self.jobs: dict[str, Job] = {}
+        self.faults = FaultQueue()
+        # (end, id) of every stored job, so expired ones are dropped without scanning the table.
+        self._expiry: list[tuple[float, str]] = []
+
+    def account(self, key: str) -> KeyAccount | None:
+        found = self.accounts.get(key)
+        if found is None and key and self.config.accept_any_key:
+            found = self.accounts[key] = KeyAccount(max_jobs=self.config.default_max_jobs)
+        return found
+
+    def register_key(self, key: str, max_jobs: int) -> None:
+        found = self.accounts.get(key)
+        if found is None:
+            self.accounts[key] = KeyAccount(max_jobs=max_jobs)
+        else:
+            found.max_jobs = max_jobs
+
+    def submit(self, key: str, endpoint: str, prompt: str) -> Job | None:
+        """Create a job, or None when the key already has max_jobs jobs that are not yet terminal."""
+        now = self.clock()
+        self._drop_expired(now)
+        account = self.accounts[key]
+        executing = account.executing(now)
+        if executing >= account.max_jobs:
+            account.rejected_429 += 1
+            return None
+        job = self._new_job(key, endpoint, prompt, now)
+        self.jobs[job.id] = job
+        heapq.heappush(account.ends, job.end)
+        heapq.heappush(self._expiry, (job.end, job.id))
+        account.submitted += 1
+        account.peak = max(account.peak, executing + 1)
+        return job
+
+    def lookup(self, key: str, endpoint: str, job_id: str) -> Job | None:
+        """The caller's job while it is retained; a job that belongs to anyone else does not exist."""
+        job = self.jobs.get(job_id)
+        if job is None or job.key != key or job.endpoint != endpoint:
+            return None
+        if self.clock() >= job.end + self.config.retention_seconds:
+            del self.jobs[job_id]
+            return None
+        return job
+
+    def reset(self) -> None:
+        self.jobs.clear()
+        self._expiry.clear()
+        self.faults.clear()
+        for account in self.accounts.values():
+            account.reset()
+
+    def stats(self) -> dict[str, Any]:
+        now = self.clock()
+        keys = {key: account.to_json(now) for key, account in self.accounts.items()}
+        return {"keys": keys, "injected_remaining": self.faults.remaining()}
+
+    def _new_job(self, key: str, endpoint: str, prompt: str, now: float) -> Job:
+        duration, fails = self._plan(prompt)
+        wall = time.time()
+        return Job(
+            id=f"{self.rng.getrandbits(128):032x}",
+            endpoint=endpoint,
+            key=key,
+            prompt=prompt,
+            start=now,
+            duration=duration,
+            fails=fails,
+            created_at=iso_utc(wall),
+            completed_at=iso_utc(wall + duration),
+        )
+
+    def _plan(self, prompt: str) -> tuple[float, bool]:
+        """Duration and fate of a new job, drawn once so every later poll agrees."""
+        config = self.config
+        marker = _SECONDS_MARKER.search(prompt)
+        if marker is not None:
+            duration = float(marker.group(1))
+        else:
+            jitter = config.job_seconds_jitter
+            duration = max(0.0, config.job_seconds * (1.0 + self.rng.uniform(-jitter, jitter)))
+        if "[fail]" in prompt:
+            return duration, True
+        if "[ok]" in prompt:
+            return duration, False
+        return duration, self.rng.random() < config.failure_rate
+
+    def _drop_expired(self, now: float) -> None:
+        expiry, retention = self._expiry, self.config.retention_seconds
+        while expiry and expiry[0][0] + retention <= now:
+            _, job_id = heapq.heappop(expiry)
+            self.jobs.pop(job_id, None)
+
+
+STATE_KEY = web.AppKey("emulator_state", EmulatorState)
