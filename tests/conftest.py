@@ -1,0 +1,150 @@
+"""Shared fixtures: a real Redis (embedded 6.2 unless GENRELAY_REDIS_URL is set), flushed for every
+test, and the provider emulator on a loopback port."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
+
+from daemon.redis import EmbeddedRedis, connect
+from daemon.services import Services, open_services
+from daemon.settings import Settings
+from emulator.app import create_app as create_emulator
+from emulator.config import EmulatorConfig
+
+API_KEYS = {"a1": "key-a1-0123456789", "a2": "key-a2-0123456789", "a3": "key-a3-0123456789"}
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("GENRELAY_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = await connect(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class Emulator:
+    """The emulator on a real loopback port, and its control routes."""
+
+    def __init__(self, server: TestServer, session: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.session = session
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def control(self, method: str, path: str, body: object = None) -> dict[str, object]:
+        async with self.session.request(method, f"{self.url}/_emulator/{path}", json=body) as resp:
+            assert resp.status < 300, await resp.text()
+            data: dict[str, object] = await resp.json()
+            return data
+
+    async def stats(self) -> dict[str, object]:
+        return await self.control("GET", "stats")
+
+    async def fault(self, **fault: object) -> None:
+        await self.control("POST", "faults", fault)
+
+    async def configure(self, **knobs: object) -> None:
+        await self.control("POST", "config", knobs)
+
+
+@pytest.fixture
+def emulator_config() -> EmulatorConfig:
+    """Override in a test module to change the emulator's knobs."""
+    return EmulatorConfig(keys={API_KEYS["a1"]: 2, API_KEYS["a2"]: 2, API_KEYS["a3"]: 5}, job_seconds=0.2)
+
+
+@pytest.fixture
+async def emulator(emulator_config: EmulatorConfig) -> AsyncIterator[Emulator]:
+    server = TestServer(create_emulator(emulator_config), host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as session:
+        try:
+            yield Emulator(server, session)
+        finally:
+            await server.close()
+
+
+def write_accounts(path: Path, base_url: str, accounts: dict[str, int]) -> Path:
+    tables = [
+        f'[[account]]\nprovider = "ltx"\nname = "{name}"\nmax_jobs = {max_jobs}\n'
+        f'api_key_env = "LTX_KEY_{name.upper()}"\nbase_url = "{base_url}"\n'
+        for name, max_jobs in accounts.items()
+    ]
+    path.write_text("\n".join(tables), encoding="utf-8")
+    return path
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, redis_url: str) -> SettingsFactory:
+    """Settings for a test: ltx accounts pointing at ``base_url``, short timings, extra env on top."""
+
+    def build(base_url: str = "http://127.0.0.1:9", accounts: dict[str, int] | None = None, **env: str) -> Settings:
+        return Settings.from_env(test_env(tmp_path, redis_url, base_url, accounts, **env))
+
+    return build
+
+
+def test_env(
+    tmp_path: Path, redis_url: str, base_url: str, accounts: dict[str, int] | None = None, **env: str
+) -> dict[str, str]:
+    """The environment a test process runs with (also handed to subprocesses)."""
+    accounts = accounts if accounts is not None else {"a1": 2}
+    path = write_accounts(tmp_path / "accounts.toml", base_url, accounts)
+    values = {
+        "GENRELAY_ACCOUNTS": str(path),
+        "GENRELAY_REDIS_URL": redis_url,
+        "GENRELAY_DATA_DIR": str(tmp_path / "var"),
+        "GENRELAY_POLL_INTERVAL": "0.05",
+        "GENRELAY_RETRY_BASE": "0.05",
+        "GENRELAY_RETRY_MAX": "0.2",
+        "GENRELAY_QUEUE_POLL_DELAY": "0.02",
+        "GENRELAY_LOG_FORMAT": "json",
+        **{f"LTX_KEY_{name.upper()}": key for name, key in API_KEYS.items()},
+    }
+    values.update(env)
+    return values
+
+
+@pytest.fixture
+async def open_daemon(redis_client: aioredis.Redis, redis_url: str) -> AsyncIterator[Callable[..., object]]:
+    """Open the shared services for some settings; closed at the end of the test."""
+    opened: list[Services] = []
+
+    async def open_(settings: Settings) -> Services:
+        services = await open_services(settings, redis_url)
+        opened.append(services)
+        return services
+
+    try:
+        yield open_
+    finally:
+        for services in opened:
+            await services.close()
