@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+import structlog
 
 from daemon import keys
 from daemon.errors import InvalidRequest, NotFound
@@ -15,7 +17,9 @@ from daemon.jobs import Job, JobRequest, State, Update, new_job_id
 from daemon.providers import get_provider
 from daemon.scripts import Scripts
 from daemon.settings import Settings
-from daemon.slots import SlotAllocator
+from daemon.slots import EVENTS_MAXLEN, SlotAllocator
+
+log = structlog.get_logger("genrelay.jobs")
 
 MAX_PAGE_SIZE = 100
 
@@ -70,10 +74,14 @@ class JobStore:
         if request.account and self.settings.account(request.provider, request.account) is None:
             raise InvalidRequest(f"no {request.provider} account named {request.account!r}")
 
-    async def create(self, request: JobRequest) -> Created:
-        """Store the job and dispatch it if a slot is free; idempotent on the request id."""
+    async def create(self, request: JobRequest, job_id: str | None = None) -> Created:
+        """Store the job and dispatch it if a slot is free; idempotent on the request id (or on
+        ``job_id``, which an app enqueuing through Redis chooses itself)."""
         self.check(request)
-        job_id = new_job_id(request.provider, request.request_id)
+        if job_id is None:
+            job_id = new_job_id(request.provider, request.request_id)
+        elif keys.provider_of(job_id) != request.provider:
+            raise InvalidRequest(f"job id {job_id!r} must look like '{request.provider}-<32 hex digits>'")
         fields = {
             "id": job_id,
             "provider": request.provider,
@@ -90,7 +98,45 @@ class JobStore:
             keys=scope.keys_with(keys.job_key(job_id)),
             args=[scope.config(), orjson.dumps(fields), request.account or "", request.priority],
         )
-        return Created(job_id=job_id, created=result[0] != "exists", dispatched=result[0] == "dispatched")
+        created = Created(job_id=job_id, created=result[0] != "exists", dispatched=result[0] == "dispatched")
+        if created.created:
+            log.info("job queued", job_id=job_id, provider=request.provider, dispatched=created.dispatched)
+        return created
+
+    async def reject(self, job_id: str, body: object, message: str) -> None:
+        """Record a request that arrived through Redis and was invalid, as a failed job, so the app
+        waiting on it learns why; nothing else (slots, queues) is touched."""
+        provider = keys.provider_of(job_id)
+        if provider is None:
+            return
+        key = keys.job_key(job_id)
+        now_ms = int(time.time() * 1000)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "id", job_id)
+            pipe.hset(
+                key,
+                mapping={
+                    "provider": provider,
+                    "operation": str(body.get("operation", "")) if isinstance(body, dict) else "",
+                    "params": "{}",
+                    "state": State.FAILED.value,
+                    "message": f"invalid request: {message}",
+                    "error_type": "invalid_request",
+                    "created_ms": now_ms,
+                    "updated_ms": now_ms,
+                    "finished_ms": now_ms,
+                    "ended_by": "api",
+                },
+            )
+            pipe.expire(key, int(self.settings.job_retention))
+            pipe.xadd(
+                keys.events_key(provider),
+                {"job": job_id, "state": "failed", "progress": "0", "account": "", "source": "api"},
+                maxlen=EVENTS_MAXLEN,
+                approximate=True,
+            )
+            await pipe.execute()
+        log.warning("job rejected", job_id=job_id, provider=provider, error=message)
 
     async def get(self, job_id: str) -> Job | None:
         if keys.provider_of(job_id) is None:
@@ -143,7 +189,18 @@ class JobStore:
             keys=scope.keys_with(keys.job_key(job_id)),
             args=[scope.config(), update.to_json(), poll_in_ms, source],
         )
-        return str(r[0])
+        outcome = str(r[0])
+        if outcome == "applied":
+            log.info(
+                "job " + update.state.value,
+                job_id=job_id,
+                provider=scope.provider,
+                account=r[2] if len(r) > 2 else None,
+                source=source,
+                progress=update.progress,
+                message=update.message,
+            )
+        return outcome
 
     async def requeue(
         self, job_id: str, account: str, *, cooldown_until_ms: int = 0, disable_reason: str = "", message: str

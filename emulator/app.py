@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -19,9 +20,12 @@ log = logging.getLogger(__name__)
 ReadyCallback = Callable[[str, int], None]
 
 
-def create_app(config: EmulatorConfig) -> web.Application:
+def create_app(
+    config: EmulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> web.Application:
+    """The emulator app; clock (seconds, monotonic) drives job status, so tests may pass a fake."""
     app = web.Application(middlewares=[error_middleware, fault_middleware])
-    app[STATE_KEY] = EmulatorState(config)
+    app[STATE_KEY] = EmulatorState(config or EmulatorConfig(), clock)
     app.add_routes(control.routes())
     app.add_routes(ltx.routes())
     app.on_response_prepare.append(_add_request_id)

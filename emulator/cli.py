@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--jitter",
+        "--job-seconds-jitter",
+        dest="jitter",
         type=float,
         default=defaults.job_seconds_jitter,
         help="random +/- fraction applied to --job-seconds per job, 0..1 (default: %(default)s)",
@@ -52,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--retry-after",
+        "--retry-after-seconds",
+        dest="retry_after",
         type=int,
         default=defaults.retry_after_seconds,
         help="Retry-After seconds sent with concurrency-limit 429s (default: %(default)s)",

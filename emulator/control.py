@@ -84,13 +84,14 @@ async def list_jobs(request: web.Request) -> web.Response:
             "endpoint": job.endpoint,
             "key": job.key,
             "status": job.status_at(now),
+            "executing": job.executing_at(now),
             "created_at": job.created_at,
             "prompt": job.prompt,
         }
         for job in state.jobs.values()
         if (only_key is None or job.key == only_key) and now < job.end + retention
     ]
-    return json_response(listed)
+    return json_response({"jobs": listed})
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:

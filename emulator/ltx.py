@@ -34,7 +34,12 @@ FIELD_KINDS: dict[str, str] = {
 }
 
 NOT_FOUND = "job not found or expired"
-FILTERED = "The request was rejected by the content filter"
+FAILURE_MESSAGES: dict[str, str] = {
+    "content_filtered_error": "The request was rejected by the content filter",
+    "api_error": "The generation failed because of an internal error",
+    "service_unavailable": "The generation service is temporarily unavailable",
+    "overloaded_error": "The generation service is overloaded",
+}
 
 
 def routes() -> list[web.RouteDef]:
@@ -144,8 +149,12 @@ def status_payload(job: Job, state: EmulatorState) -> dict[str, Any]:
         payload["result"] = result_urls(job, state.config.public_base)
     elif current == "failed":
         payload["completed_at"] = job.completed_at
-        payload["error"] = {"type": "content_filtered_error", "message": FILTERED}
+        payload["error"] = {"type": job.error_type, "message": failure_message(job.error_type)}
     return payload
+
+
+def failure_message(error_type: str | None) -> str:
+    return FAILURE_MESSAGES.get(error_type or "", "The generation failed")
 
 
 def result_urls(job: Job, public_base: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
     401: "authentication_error",
     402: "insufficient_funds_error",
+    403: "permission_error",  # not in the LTX table; the name its envelope family uses [I]
     404: "not_found_error",
     413: "request_too_large",
     422: "content_filtered_error",
@@ -23,6 +24,7 @@ DEFAULT_MESSAGES: dict[int, str] = {
     400: "Invalid request",
     401: "Invalid or missing API key",
     402: "Insufficient funds",
+    403: "This API key is not allowed to use this resource",
     404: "Not found",
     405: "Method not allowed",
     413: "Request too large",

@@ -18,6 +18,9 @@ PENDING_FRACTION = 0.1
 TERMINAL = frozenset({"completed", "failed"})
 
 _SECONDS_MARKER = re.compile(r"\[seconds=(\d+(?:\.\d*)?|\.\d+)\]")
+# [fail] ends the job with content_filtered_error; [fail=api_error] picks the error.type.
+_FAIL_MARKER = re.compile(r"\[fail(?:=([a-z_]+))?\]")
+DEFAULT_FAILURE_TYPE = "content_filtered_error"
 
 
 def iso_utc(wall: float) -> str:
@@ -33,7 +36,7 @@ class Job:
     prompt: str
     start: float  # monotonic clock; status is derived from it on every read
     duration: float
-    fails: bool
+    error_type: str | None  # None: the job completes; otherwise the error.type it fails with
     created_at: str
     completed_at: str
 
@@ -47,7 +50,10 @@ class Job:
             return "pending"
         if elapsed < self.duration:
             return "processing"
-        return "failed" if self.fails else "completed"
+        return "completed" if self.error_type is None else "failed"
+
+    def executing_at(self, now: float) -> bool:
+        return now < self.end
 
 
 @dataclass(slots=True)
@@ -66,10 +72,6 @@ class KeyAccount:
             heapq.heappop(ends)
         return len(ends)
 
-    def reset(self) -> None:
-        self.peak = self.submitted = self.rejected_429 = self.polls = 0
-        self.ends.clear()
-
     def to_json(self, now: float) -> dict[str, int]:
         return {
             "max_jobs": self.max_jobs,
@@ -84,6 +86,7 @@ class KeyAccount:
 class EmulatorState:
     def __init__(self, config: EmulatorConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.initial_config = config
         self.clock = clock
         self.rng = random.Random(config.seed)
         self.accounts: dict[str, KeyAccount] = {k: KeyAccount(max_jobs=m) for k, m in config.keys.items()}
@@ -133,11 +136,12 @@ class EmulatorState:
         return job
 
     def reset(self) -> None:
+        """Back to the state at start-up: startup config and keys, no jobs, faults or counters."""
+        self.config = self.initial_config
+        self.accounts = {k: KeyAccount(max_jobs=m) for k, m in self.config.keys.items()}
         self.jobs.clear()
         self._expiry.clear()
         self.faults.clear()
-        for account in self.accounts.values():
-            account.reset()
 
     def stats(self) -> dict[str, Any]:
         now = self.clock()
@@ -145,7 +149,7 @@ class EmulatorState:
         return {"keys": keys, "injected_remaining": self.faults.remaining()}
 
     def _new_job(self, key: str, endpoint: str, prompt: str, now: float) -> Job:
-        duration, fails = self._plan(prompt)
+        duration, error_type = self._plan(prompt)
         wall = time.time()
         return Job(
             id=f"{self.rng.getrandbits(128):032x}",
@@ -154,13 +158,14 @@ class EmulatorState:
             prompt=prompt,
             start=now,
             duration=duration,
-            fails=fails,
+            error_type=error_type,
             created_at=iso_utc(wall),
             completed_at=iso_utc(wall + duration),
         )
 
-    def _plan(self, prompt: str) -> tuple[float, bool]:
-        """Duration and fate of a new job, drawn once so every later poll agrees."""
+    def _plan(self, prompt: str) -> tuple[float, str | None]:
+        """Duration and fate (None or the failure's error.type) of a new job, drawn once so every
+        later poll agrees."""
         config = self.config
         marker = _SECONDS_MARKER.search(prompt)
         if marker is not None:
@@ -168,11 +173,12 @@ class EmulatorState:
         else:
             jitter = config.job_seconds_jitter
             duration = max(0.0, config.job_seconds * (1.0 + self.rng.uniform(-jitter, jitter)))
-        if "[fail]" in prompt:
-            return duration, True
+        fail = _FAIL_MARKER.search(prompt)
+        if fail is not None:
+            return duration, fail.group(1) or DEFAULT_FAILURE_TYPE
         if "[ok]" in prompt:
-            return duration, False
-        return duration, self.rng.random() < config.failure_rate
+            return duration, None
+        return duration, DEFAULT_FAILURE_TYPE if self.rng.random() < config.failure_rate else None
 
     def _drop_expired(self, now: float) -> None:
         expiry, retention = self._expiry, self.config.retention_seconds

@@ -3,6 +3,7 @@ test, and the provider emulator on a loopback port."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -106,7 +107,9 @@ SettingsFactory = Callable[..., Settings]
 def make_settings(tmp_path: Path, redis_url: str) -> SettingsFactory:
     """Settings for a test: ltx accounts pointing at ``base_url``, short timings, extra env on top."""
 
-    def build(base_url: str = "http://127.0.0.1:9", accounts: dict[str, int] | None = None, **env: str) -> Settings:
+    def build(
+        base_url: str = "http://127.0.0.1:9", accounts: dict[str, int] | None = None, **env: str
+    ) -> Settings:
         return Settings.from_env(test_env(tmp_path, redis_url, base_url, accounts, **env))
 
     return build
@@ -148,3 +151,32 @@ async def open_daemon(redis_client: aioredis.Redis, redis_url: str) -> AsyncIter
     finally:
         for services in opened:
             await services.close()
+
+
+@pytest.fixture
+async def start_worker(redis_client: aioredis.Redis, redis_url: str) -> AsyncIterator[Callable[..., object]]:
+    """Run arq workers in this event loop (the test's); all are closed at the end of the test."""
+    from workers.main import build_worker
+
+    running: list[tuple[object, asyncio.Task[None]]] = []
+
+    async def start(settings: Settings) -> object:
+        worker = build_worker(settings, redis_url, handle_signals=False)
+        task = asyncio.create_task(worker.main())
+        running.append((worker, task))
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker, task in running:
+            await worker.close()  # type: ignore[attr-defined]
+            await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def app_client(redis_client: aioredis.Redis) -> AsyncIterator[object]:
+    from daemon.client import Client
+
+    client = Client(redis_client)
+    yield client

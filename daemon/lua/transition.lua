@@ -11,7 +11,7 @@
 -- still counts as a sign of life (the lease is renewed, the poll rescheduled).
 -- The terminal transition releases the slot (exactly once: the lease member is the job id) and
 -- hands it to the next waiting job in this same script.
--- Returns {outcome, state}: outcome is applied | duplicate | stale | terminal | no_artifact | missing.
+-- Returns {outcome, state[, account]}: outcome is applied | duplicate | stale | terminal | no_artifact | missing.
 
 local job = redis.call('HGET', JOB_KEY, 'id')
 if not job then return {'missing', ''} end
@@ -79,4 +79,4 @@ else
     if poll_ms > 0 then schedule_poll(job, poll_ms) end
   end
 end
-return {'applied', new}
+return {'applied', new, account}

@@ -1,0 +1,79 @@
+"""The arq worker: ``submit_job`` and ``dispatch_waiting`` tasks, plus a poller per provider and the
+sweep running beside them in the same process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import structlog
+from arq import Worker, func
+from arq.connections import RedisSettings
+
+from daemon import keys
+from daemon.services import open_services
+from daemon.settings import Settings
+from workers.accept import accept_job
+from workers.maintenance import sweep_forever
+from workers.poll import poll_forever
+from workers.runtime import RUNTIME, WorkerRuntime, provider_session
+from workers.submit import dispatch_waiting, submit_job
+
+log = structlog.get_logger("genrelay.worker")
+
+HEALTH_CHECK_INTERVAL_S = 10
+HEALTH_CHECK_KEY = f"{keys.ARQ_QUEUE}:health-check"
+
+
+def job_serializer(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def job_deserializer(data: bytes) -> Any:
+    return orjson.loads(data)
+
+
+def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True) -> Worker:
+    """An arq worker for ``settings`` on ``redis_url``; ``run()`` or ``main()`` starts it."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        services = await open_services(settings, redis_url)
+        connections = settings.poll_batch + settings.worker_concurrency
+        runtime = WorkerRuntime(services, provider_session(connections))
+        for provider in settings.providers():
+            runtime.tasks.append(asyncio.create_task(poll_forever(runtime, provider)))
+        runtime.tasks.append(asyncio.create_task(sweep_forever(runtime)))
+        ctx[RUNTIME] = runtime
+        log.info(
+            "worker started", providers=list(settings.providers()), concurrency=settings.worker_concurrency
+        )
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        runtime: WorkerRuntime | None = ctx.pop(RUNTIME, None)
+        if runtime is not None:
+            await runtime.close()
+        log.info("worker stopped")
+
+    return Worker(
+        functions=[
+            # Tries are counted in the job record (submit_tries), which outlives arq's own count.
+            func(submit_job, name="submit_job", max_tries=settings.submit_max_tries + 5),
+            func(accept_job, name="accept_job", max_tries=5),
+            func(dispatch_waiting, name="dispatch_waiting", max_tries=3),
+        ],
+        queue_name=keys.ARQ_QUEUE,
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        keep_result=0,
+        max_jobs=settings.worker_concurrency,
+        poll_delay=settings.queue_poll_delay,
+        job_timeout=settings.job_timeout,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        health_check_key=HEALTH_CHECK_KEY,
+        handle_signals=handle_signals,
+        log_results=False,
+    )

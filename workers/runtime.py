@@ -1,0 +1,44 @@
+"""What a worker process holds while it runs: the shared services, one HTTP session for every
+provider call, and the background loops (pollers, maintenance)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from daemon.providers.base import USER_AGENT
+from daemon.services import Services
+from daemon.settings import Account
+
+# Where arq's ctx keeps the runtime.
+RUNTIME = "runtime"
+
+
+@dataclass(slots=True)
+class WorkerRuntime:
+    services: Services
+    session: aiohttp.ClientSession
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def account(self, provider: str, name: str | None) -> Account | None:
+        return self.services.settings.account(provider, name) if name else None
+
+    async def close(self) -> None:
+        self.stopping.set()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.session.close()
+        await self.services.close()
+
+
+def provider_session(connections: int) -> aiohttp.ClientSession:
+    """One pooled session for every provider request of the process."""
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector, headers={"User-Agent": USER_AGENT}, raise_for_status=False
+    )

@@ -1,0 +1,118 @@
+"""The ``submit_job`` arq task: hand a job that holds a slot to its provider.
+
+The job's slot was granted by the allocator, which enqueued this task in the same script. The
+task records the attempt first (``claim_submit``: write-ahead, so a crash mid-call is visible),
+then calls the provider and records its job id, after which the poller follows the job.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from arq import Retry
+
+from daemon.backoff import backoff_seconds
+from daemon.errors import ProviderAction, ProviderError
+from daemon.jobs import Job, State, Update
+from daemon.providers import get_provider
+from daemon.store import SubmitClaim
+from workers.runtime import RUNTIME, WorkerRuntime
+
+log = structlog.get_logger("genrelay.submit")
+
+
+async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
+    runtime: WorkerRuntime = ctx[RUNTIME]
+    store = runtime.services.store
+    claim = await store.claim_submit(job_id)
+    if claim.outcome != "go":
+        log.info("submit skipped", job_id=job_id, outcome=claim.outcome, state=claim.state)
+        return claim.outcome
+    job = await store.require(job_id)
+    account = runtime.account(job.provider, claim.account)
+    if account is None:
+        await store.requeue(
+            job_id,
+            claim.account or "",
+            disable_reason="not in the accounts file any more",
+            message=f"account {claim.account} is no longer configured",
+        )
+        return "requeued"
+    provider = get_provider(job.provider)
+    try:
+        provider_job_id = await provider.submit(runtime.session, account, job)
+    except ProviderError as exc:
+        return await _submit_failed(ctx, runtime, job, claim, exc)
+    poll_in_ms = int(runtime.services.settings.poll_interval * 1000)
+    update = Update(State.ACTIVE, progress=0, message="submitted", provider_job_id=provider_job_id)
+    outcome = await store.apply(job_id, update, source="submit", poll_in_ms=poll_in_ms)
+    log.info(
+        "job submitted",
+        job_id=job_id,
+        provider=job.provider,
+        account=account.name,
+        provider_job_id=provider_job_id,
+        tries=claim.tries,
+        outcome=outcome,
+    )
+    return "submitted"
+
+
+async def _submit_failed(
+    ctx: dict[str, Any], runtime: WorkerRuntime, job: Job, claim: SubmitClaim, exc: ProviderError
+) -> str:
+    store = runtime.services.store
+    settings = runtime.services.settings
+    account = claim.account or ""
+    context = {"job_id": job.id, "provider": job.provider, "account": account, "status": exc.status}
+    if exc.action is ProviderAction.RETRY and exc.status == 429:
+        wait = backoff_seconds(claim.tries, settings.retry_base, settings.retry_max, exc.retry_after)
+        until_ms = int((time.time() + wait) * 1000)
+        outcome = await store.requeue(job.id, account, cooldown_until_ms=until_ms, message=str(exc))
+        await _dispatch_when_cooled(ctx, job.provider, until_ms)
+        log.warning("account cooling down", cooldown_s=round(wait, 3), outcome=outcome, **context)
+        return "cooldown"
+    if exc.action is ProviderAction.STOP_ACCOUNT:
+        outcome = await store.requeue(job.id, account, disable_reason=str(exc), message=str(exc))
+        log.error(
+            "account disabled: fix it, then run `genrelay accounts enable NAME`", error=str(exc), **context
+        )
+        return outcome
+    if exc.action is ProviderAction.RETRY and claim.tries < settings.submit_max_tries:
+        delay = backoff_seconds(claim.tries, settings.retry_base, settings.retry_max, exc.retry_after)
+        log.warning(
+            "submit failed, will retry", error=str(exc), tries=claim.tries, delay_s=round(delay, 3), **context
+        )
+        raise Retry(defer=delay)
+    if exc.action is ProviderAction.RETRY:
+        message = f"gave up after {claim.tries} submit attempts: {exc}"
+    else:
+        message = str(exc)
+    update = Update(State.FAILED, message=message, error_type=exc.error_type or "submit_failed")
+    outcome = await store.apply(job.id, update, source="submit")
+    log.warning("job failed at submit", error=message, outcome=outcome, **context)
+    return "failed"
+
+
+async def _dispatch_when_cooled(ctx: dict[str, Any], provider: str, until_ms: int) -> None:
+    """Hand the cooled account's slots out when its cooldown ends (one task per provider and second)."""
+    pool = ctx.get("redis")
+    if pool is None:
+        return
+    second = until_ms // 1000 + 1
+    await pool.enqueue_job(
+        "dispatch_waiting",
+        provider,
+        _job_id=f"dispatch:{provider}:{second}",
+        _defer_until=datetime.fromtimestamp(second, UTC),
+    )
+
+
+async def dispatch_waiting(ctx: dict[str, Any], provider: str) -> int:
+    """Give every free slot of ``provider`` to its waiting jobs (after a cooldown ends)."""
+    runtime: WorkerRuntime = ctx[RUNTIME]
+    expired = await runtime.services.slots.sweep(provider, limit=0)
+    return len(expired)
