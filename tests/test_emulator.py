@@ -8,6 +8,7 @@ clock passed to ``create_app``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -646,12 +647,15 @@ async def test_bad_fault_is_400(make_client: MakeClient, fault: dict[str, Any]) 
 
 
 async def run_module(*args: str) -> asyncio.subprocess.Process:
+    # Without PYTHONUNBUFFERED the announcement reaches the pipe only if the emulator flushes it.
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "emulator",
         *args,
         cwd=PROJECT_ROOT,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -669,7 +673,7 @@ async def test_module_announces_port_serves_and_stops_on_signal(signum: signal.S
     proc = await run_module("--port", "0", "--key", f"{KEY}=1", "--job-seconds", "0", "--retry-after", "4")
     try:
         assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode().strip()
         prefix = "emulator listening on http://127.0.0.1:"
         assert line.startswith(prefix), line
         port = int(line.removeprefix(prefix))

@@ -8,7 +8,6 @@ import pytest
 
 from daemon import keys
 from daemon.client import Client
-from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, Emulator
 
 WAIT_S = 30
@@ -40,14 +39,18 @@ async def test_submit_poll_completed(daemon, app_client: Client, emulator: Emula
 
 
 async def test_provider_failure_ends_failed_with_its_message(daemon, app_client: Client) -> None:  # type: ignore[no-untyped-def]
-    job_id = await app_client.submit("ltx", "image-to-video", {"prompt": "x [fail]", "image_uri": "https://a/b.png", **T2V})
+    job_id = await app_client.submit(
+        "ltx", "image-to-video", {"prompt": "x [fail]", "image_uri": "https://a/b.png", **T2V}
+    )
     job = await run(app_client, job_id)
     assert job["status"]["type"] == "failed"
     assert job["status"]["message"]
 
 
 async def test_hdr_result_key_is_exr_frames(daemon, app_client: Client) -> None:  # type: ignore[no-untyped-def]
-    job_id = await app_client.submit("ltx", "video-to-video-hdr", {"video_uri": "https://a/b.mp4", "prompt": "[ok]"})
+    job_id = await app_client.submit(
+        "ltx", "video-to-video-hdr", {"video_uri": "https://a/b.mp4", "prompt": "[ok]"}
+    )
     job = await run(app_client, job_id)
     assert job["status"]["type"] == "completed", job
     assert job["status"]["artifact"]["kind"] == "exr_frames"

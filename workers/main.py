@@ -77,3 +77,12 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         handle_signals=handle_signals,
         log_results=False,
     )
+
+
+def check_health(redis_url: str) -> int:
+    """0 when some worker wrote its health record within the last interval, 1 otherwise."""
+    from arq.worker import async_check_health
+
+    settings = RedisSettings.from_dsn(redis_url)
+    result: int = asyncio.run(async_check_health(settings, HEALTH_CHECK_KEY, keys.ARQ_QUEUE))
+    return result

@@ -23,8 +23,6 @@ from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("genrelay.poll")
 
-# A claim outlives the slowest status read (30 s timeout) with room to spare.
-CLAIM_MS = 90_000
 # Longest idle wait between claims; a newly scheduled poll is due no sooner than the poll interval.
 MAX_IDLE_S = 1.0
 
@@ -50,6 +48,9 @@ class Poller:
         self.adapter = get_provider(provider)
         settings = runtime.services.settings
         self.interval_ms = int(settings.poll_interval * 1000)
+        # A claim a dead worker left comes back after this; one that outlives a slow status read
+        # only costs a second, harmless read (updates are idempotent).
+        self.claim_ms = int(settings.job_timeout * 1000)
         self.batch = settings.poll_batch
         self.in_flight_limit = settings.poll_batch
         self.account_limits: dict[str, asyncio.Semaphore] = defaultdict(
@@ -69,7 +70,7 @@ class Poller:
             free = self.in_flight_limit - len(self.in_flight)
             timeout = MAX_IDLE_S
             if free > 0:
-                batch = await store.claim_polls(self.provider, min(free, self.batch), CLAIM_MS)
+                batch = await store.claim_polls(self.provider, min(free, self.batch), self.claim_ms)
                 if batch.due:
                     await self._start(batch.now_ms, batch.due)
                     if len(batch.due) == min(free, self.batch):

@@ -1,0 +1,7 @@
+"""``python -m daemon``: the same as the ``genrelay`` command."""
+
+import sys
+
+from daemon.cli import main
+
+sys.exit(main())
