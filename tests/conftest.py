@@ -110,12 +110,12 @@ def make_settings(tmp_path: Path, redis_url: str) -> SettingsFactory:
     def build(
         base_url: str = "http://127.0.0.1:9", accounts: dict[str, int] | None = None, **env: str
     ) -> Settings:
-        return Settings.from_env(test_env(tmp_path, redis_url, base_url, accounts, **env))
+        return Settings.from_env(process_env(tmp_path, redis_url, base_url, accounts, **env))
 
     return build
 
 
-def test_env(
+def process_env(
     tmp_path: Path, redis_url: str, base_url: str, accounts: dict[str, int] | None = None, **env: str
 ) -> dict[str, str]:
     """The environment a test process runs with (also handed to subprocesses)."""
@@ -180,3 +180,23 @@ async def app_client(redis_client: aioredis.Redis) -> AsyncIterator[object]:
 
     client = Client(redis_client)
     yield client
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Start ``python -m daemon <command>`` as a real process; every one is stopped at the end."""
+    from daemon.processes import Child, child_env
+
+    children: list[Child] = []
+
+    def start(command: str, env: dict[str, str]) -> Child:
+        name = f"{command}-{len(children) + 1}"
+        child = Child(name, ["daemon", command], child_env(env), tmp_path / f"{name}.log").start()
+        children.append(child)
+        return child
+
+    try:
+        yield start
+    finally:
+        for child in children:
+            child.stop(grace=5)
