@@ -169,7 +169,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.main import build_worker, check_health
+    from workers.settings import build_worker, check_health
 
     settings = load_settings(require_accounts=not args.check)
     if args.check:

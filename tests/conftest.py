@@ -156,7 +156,7 @@ async def open_daemon(redis_client: aioredis.Redis, redis_url: str) -> AsyncIter
 @pytest.fixture
 async def start_worker(redis_client: aioredis.Redis, redis_url: str) -> AsyncIterator[Callable[..., object]]:
     """Run arq workers in this event loop (the test's); all are closed at the end of the test."""
-    from workers.main import build_worker
+    from workers.settings import build_worker
 
     running: list[tuple[object, asyncio.Task[None]]] = []
 
