@@ -123,6 +123,7 @@ class Update:
     artifact: dict[str, Any] | None = None
     provider_job_id: str | None = None
     error_type: str | None = None
+    fields: dict[str, str] | None = None  # further record fields to set with the transition
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"state": self.state.value}
@@ -136,6 +137,8 @@ class Update:
             data["provider_job_id"] = self.provider_job_id
         if self.error_type is not None:
             data["error_type"] = self.error_type
+        if self.fields:
+            data["fields"] = self.fields
         return orjson.dumps(data)
 
 

@@ -33,7 +33,7 @@ class Created:
 
 @dataclass(frozen=True, slots=True)
 class SubmitClaim:
-    outcome: str  # go | skip | requeued | missing
+    outcome: str  # go | interrupted | skip | requeued | missing
     account: str | None = None
     tries: int = 0
     state: str | None = None
@@ -180,6 +180,8 @@ class JobStore:
         r = await self.scripts.claim_submit(keys=scope.keys_with(keys.job_key(job_id)), args=[scope.config()])
         if r[0] == "go":
             return SubmitClaim("go", account=r[1], tries=int(r[2]), state=r[3])
+        if r[0] == "interrupted":
+            return SubmitClaim("interrupted", account=r[1], tries=int(r[2]), state="submitting")
         return SubmitClaim(r[0], state=r[1] if len(r) > 1 else None)
 
     async def apply(self, job_id: str, update: Update, *, source: str, poll_in_ms: int = 0) -> str:
@@ -201,6 +203,10 @@ class JobStore:
                 message=update.message,
             )
         return outcome
+
+    async def submit_attempt_ended(self, job_id: str) -> None:
+        """The provider call ended (with an error worth retrying): a rerun is not an interruption."""
+        await self.client.hset(keys.job_key(job_id), "submit_open", "0")
 
     async def requeue(
         self, job_id: str, account: str, *, cooldown_until_ms: int = 0, disable_reason: str = "", message: str

@@ -28,6 +28,8 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
     runtime: WorkerRuntime = ctx[RUNTIME]
     store = runtime.services.store
     claim = await store.claim_submit(job_id)
+    if claim.outcome == "interrupted":
+        return await _interrupted(runtime, job_id, claim)
     if claim.outcome != "go":
         log.info("submit skipped", job_id=job_id, outcome=claim.outcome, state=claim.state)
         return claim.outcome
@@ -47,7 +49,13 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
     except ProviderError as exc:
         return await _submit_failed(ctx, runtime, job, claim, exc)
     poll_in_ms = int(runtime.services.settings.poll_interval * 1000)
-    update = Update(State.ACTIVE, progress=0, message="submitted", provider_job_id=provider_job_id)
+    update = Update(
+        State.ACTIVE,
+        progress=0,
+        message="submitted",
+        provider_job_id=provider_job_id,
+        fields={"submit_open": "0"},
+    )
     outcome = await store.apply(job_id, update, source="submit", poll_in_ms=poll_in_ms)
     log.info(
         "job submitted",
@@ -86,6 +94,7 @@ async def _submit_failed(
         log.warning(
             "submit failed, will retry", error=str(exc), tries=claim.tries, delay_s=round(delay, 3), **context
         )
+        await store.submit_attempt_ended(job.id)
         raise Retry(defer=delay)
     if exc.action is ProviderAction.RETRY:
         message = f"gave up after {claim.tries} submit attempts: {exc}"
@@ -95,6 +104,21 @@ async def _submit_failed(
     outcome = await store.apply(job.id, update, source="submit")
     log.warning("job failed at submit", error=message, outcome=outcome, **context)
     return "failed"
+
+
+async def _interrupted(runtime: WorkerRuntime, job_id: str, claim: SubmitClaim) -> str:
+    """A worker died while calling the provider. The provider may have started the job (and billed
+    it) or not; with no way to look it up, submitting again could pay twice, so the job ends here
+    with a message that says so."""
+    message = (
+        f"the submission to account {claim.account} was interrupted (a worker stopped mid-call): "
+        "the provider may have started it; not submitted again so it is not paid for twice. "
+        "Submit a new job if no result appears at the provider"
+    )
+    update = Update(State.FAILED, message=message, error_type="submit_interrupted")
+    outcome = await runtime.services.store.apply(job_id, update, source="submit")
+    log.warning("submission interrupted", job_id=job_id, account=claim.account, outcome=outcome)
+    return "interrupted"
 
 
 async def _dispatch_when_cooled(ctx: dict[str, Any], provider: str, until_ms: int) -> None:

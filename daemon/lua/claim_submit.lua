@@ -2,7 +2,10 @@
 -- KEYS: the prelude layout; KEYS[18+N] is the job's hash.
 -- Only a job that holds a live lease moves to 'submitting'; a holder that lost its lease must not
 -- submit (the job goes back in line instead).
--- Returns {'go', account, tries, previous_state} | {'skip', state} | {'requeued'} | {'missing'}.
+-- 'submit_open' is 1 from here until the worker records how the provider call ended; finding it
+-- still 1 means a worker died mid-call, and nobody knows whether the provider started the job.
+-- Returns {'go', account, tries, previous_state} | {'interrupted', account, tries} | {'skip', state}
+--       | {'requeued'} | {'missing'}.
 
 local job = redis.call('HGET', JOB_KEY, 'id')
 if not job then return {'missing'} end
@@ -25,9 +28,12 @@ if not i then
   return {'requeued'}
 end
 renew(job)
+if state == 'submitting' and redis.call('HGET', JOB_KEY, 'submit_open') == '1' then
+  return {'interrupted', cfg.accounts[i], tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0)}
+end
 local tries = redis.call('HINCRBY', JOB_KEY, 'submit_tries', 1)
 redis.call('HSET', JOB_KEY, 'state', 'submitting', 'account', cfg.accounts[i], 'updated_ms', NOW,
-           'submitted_ms', NOW)
+           'submitted_ms', NOW, 'submit_open', '1')
 if state ~= 'submitting' then
   move_state_index(job, state, 'submitting')
   emit(job, 'submitting', 0, cfg.accounts[i], 'worker')

@@ -41,7 +41,7 @@ if usable == 0 then
   handoff()
   return {'failed'}
 end
-redis.call('HSET', JOB_KEY, 'state', 'queued', 'message', ARGV[5], 'updated_ms', NOW)
+redis.call('HSET', JOB_KEY, 'state', 'queued', 'message', ARGV[5], 'updated_ms', NOW, 'submit_open', '0')
 move_state_index(job, state, 'queued')
 emit(job, 'queued', 0, account, 'requeue')
 enqueue_waiting(job, tonumber(redis.call('HGET', JOB_KEY, 'priority') or 5),

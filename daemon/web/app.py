@@ -1,0 +1,181 @@
+"""The web process: the app factory, the health routes, the access log and the server loop.
+
+``create_app`` is shared by ``genrelay web`` (through :func:`serve`) and the tests. The shared
+services (Redis client, scripts, slots, store) are opened in one cleanup context and kept under
+the typed key :data:`daemon.web.api.SERVICES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import fields
+
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from daemon import keys
+from daemon.services import Services, open_services
+from daemon.settings import Settings
+from daemon.web.api import MAX_BODY_BYTES, SERVICES, routes
+from daemon.web.auth import bearer_auth
+from daemon.web.errors import REDIS_UNREACHABLE, error_middleware, json_response, loggable_path
+
+__all__ = ["REDIS_URL", "SETTINGS", "AccessLogger", "create_app", "readiness_problems", "serve"]
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS_URL = web.AppKey("redis_url", str)
+
+# In-flight requests get this long to finish after SIGTERM; a job request takes milliseconds.
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+# A readiness probe must answer even when Redis is blackholed (the client has no read timeout).
+READINESS_TIMEOUT_SECONDS = 2.0
+_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+log = structlog.get_logger("genrelay.web")
+access_log = structlog.get_logger("genrelay.access")
+
+
+def create_app(settings: Settings, redis_url: str) -> web.Application:
+    """Build the web application; its services open on startup and close on cleanup."""
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[error_middleware, bearer_auth(settings.api_tokens)],
+    )
+    app[SETTINGS] = settings
+    app[REDIS_URL] = redis_url
+    app.cleanup_ctx.append(services_context)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_routes(routes)
+    return app
+
+
+async def services_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.api_tokens and not is_loopback(settings.host):
+        log.warning(
+            "the API is open to the network: set GENRELAY_API_TOKENS or bind GENRELAY_HOST to 127.0.0.1",
+            host=settings.host,
+        )
+    services = await open_services(settings, app[REDIS_URL])
+    app[SERVICES] = services
+    try:
+        yield
+    finally:
+        await services.close()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers; Redis is not consulted."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 200 when Redis answers and holds the scripts and accounts, else 503 saying what is
+    missing."""
+    problems = await readiness_problems(request.app[SERVICES])
+    if problems:
+        body = {"error": "not ready: " + "; ".join(problems), "code": 503, "missing": problems}
+        return json_response(body, status=503)
+    return json_response({"status": "ready"})
+
+
+async def readiness_problems(services: Services) -> list[str]:
+    """What keeps the web process from serving: Redis down, scripts or accounts not loaded."""
+    names = [f.name for f in fields(services.scripts)]
+    account_keys = {p: keys.provider_keys(p).accounts for p in services.settings.providers()}
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+            async with services.client.pipeline(transaction=False) as pipe:
+                pipe.ping()
+                pipe.script_exists(*(getattr(services.scripts, name).sha for name in names))
+                for key in account_keys.values():
+                    pipe.exists(key)
+                _, loaded, *present = await pipe.execute()
+    except TimeoutError:
+        return [f"Redis did not answer within {READINESS_TIMEOUT_SECONDS:g} s"]
+    except REDIS_UNREACHABLE as exc:
+        return [f"Redis is unreachable: {exc}"]
+    problems = [f"script {name} is not loaded" for name, ok in zip(names, loaded, strict=True) if not ok]
+    problems += [
+        f"accounts of {provider} are not loaded"
+        for provider, exists in zip(account_keys, present, strict=True)
+        if not exists
+    ]
+    return problems
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One structured line per request; never the query string, never a callback token."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.path in _PROBE_PATHS and response.status < 400:
+            return  # probes every few seconds would drown the log
+        access_log.info(
+            "request",
+            method=request.method,
+            path=loggable_path(request),
+            status=response.status,
+            duration_ms=round(time * 1000, 2),
+            size=response.body_length,
+            remote=request.remote,
+        )
+
+
+async def serve(
+    settings: Settings,
+    redis_url: str,
+    *,
+    on_ready: Callable[[str], object] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve the app on ``settings.host``/``settings.port`` until SIGINT or SIGTERM, then stop
+    accepting connections and give in-flight requests up to ``SHUTDOWN_TIMEOUT_SECONDS``.
+
+    Args:
+        settings: The daemon settings (bind address, tokens, accounts).
+        redis_url: The Redis to use.
+        on_ready: Called with the base URL (``http://host:port``) once the socket is listening.
+        stop: Wait for this event instead of installing signal handlers (for embedding and tests).
+    """
+    stopped = stop if stop is not None else asyncio.Event()
+    handled = () if stop is not None else (signal.SIGINT, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    for signum in handled:  # installed first, so a signal during start-up is not lost
+        loop.add_signal_handler(signum, stopped.set)
+    runner = web.AppRunner(
+        create_app(settings, redis_url),
+        access_log_class=AccessLogger,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+    )
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        url = _base_url(settings.host, runner.addresses[0][1])
+        log.info("web listening", url=url)
+        if on_ready is not None:
+            on_ready(url)
+        await stopped.wait()
+        log.info("web stopping", timeout_s=SHUTDOWN_TIMEOUT_SECONDS)
+    finally:
+        # Default handling comes back first: a second Ctrl-C interrupts a slow graceful shutdown.
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+
+
+def _base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
