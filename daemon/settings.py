@@ -152,7 +152,9 @@ class Settings:
             sweep_interval=reader.number("SWEEP_INTERVAL", 30.0),
             job_retention=reader.number("JOB_RETENTION", 604800.0),
             worker_concurrency=reader.integer("WORKER_CONCURRENCY", 50, low=1),
-            queue_poll_delay=reader.number("QUEUE_POLL_DELAY", 0.05),
+            # How often an idle worker looks at the queue: a freed slot waits half this on average before
+            # its next submission starts (bench/dispatch.py); one cheap ZRANGEBYSCORE per look.
+            queue_poll_delay=reader.number("QUEUE_POLL_DELAY", 0.01),
             job_timeout=reader.number("JOB_TIMEOUT", 60.0),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("LOG_FORMAT", "auto", LOG_FORMATS),

@@ -16,6 +16,7 @@ from dataclasses import fields
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from redis.exceptions import RedisError
 
 from daemon import keys
 from daemon.services import Services, open_services
@@ -84,8 +85,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: 200 when Redis answers and holds the scripts and accounts, else 503 saying what is
-    missing."""
+    """Readiness: 200 when Redis answers, holds the scripts (reloaded here when Redis lost them) and
+    the accounts; else 503 saying what is missing."""
     problems = await readiness_problems(request.app[SERVICES])
     if problems:
         body = {"error": "not ready: " + "; ".join(problems), "code": 503, "missing": problems}
@@ -94,28 +95,37 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def readiness_problems(services: Services) -> list[str]:
-    """What keeps the web process from serving: Redis down, scripts or accounts not loaded."""
-    names = [f.name for f in fields(services.scripts)]
-    account_keys = {p: keys.provider_keys(p).accounts for p in services.settings.providers()}
+    """What keeps the web process from serving: Redis unreachable, or the accounts not loaded."""
     try:
         async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
-            async with services.client.pipeline(transaction=False) as pipe:
-                pipe.ping()
-                pipe.script_exists(*(getattr(services.scripts, name).sha for name in names))
-                for key in account_keys.values():
-                    pipe.exists(key)
-                _, loaded, *present = await pipe.execute()
+            return await _missing_in_redis(services)
     except TimeoutError:
         return [f"Redis did not answer within {READINESS_TIMEOUT_SECONDS:g} s"]
     except REDIS_UNREACHABLE as exc:
         return [f"Redis is unreachable: {exc}"]
-    problems = [f"script {name} is not loaded" for name, ok in zip(names, loaded, strict=True) if not ok]
-    problems += [
+    except RedisError as exc:
+        return [f"Redis refused the readiness check: {exc}"]
+
+
+async def _missing_in_redis(services: Services) -> list[str]:
+    scripts = [getattr(services.scripts, f.name) for f in fields(services.scripts)]
+    account_keys = {p: keys.provider_keys(p).accounts for p in services.settings.providers()}
+    async with services.client.pipeline(transaction=False) as pipe:
+        pipe.ping()
+        pipe.script_exists(*(script.sha for script in scripts))
+        for key in account_keys.values():
+            pipe.exists(key)
+        _, loaded, *present = await pipe.execute()
+    if not all(loaded):
+        # Redis forgets every script when it restarts. Load them again here: an unready process gets
+        # no traffic, so no request would ever reload them for it.
+        log.warning("scripts were missing in Redis; loaded again")
+        await services.scripts.load()
+    return [
         f"accounts of {provider} are not loaded"
         for provider, exists in zip(account_keys, present, strict=True)
         if not exists
     ]
-    return problems
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -1,0 +1,6 @@
+"""``make bench``: every benchmark, each reporting ratios against a baseline measured in its own run."""
+
+from bench import dispatch, slots
+
+slots.main()
+dispatch.main()
