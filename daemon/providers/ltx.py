@@ -98,7 +98,7 @@ def parse_status(operation: str, body: dict[str, Any]) -> Update:
             kind = "exr_frames" if operation == "video-to-video-hdr" else "video"
             expires = int(time.time() * 1000) + RESULT_RETENTION_MS
             artifact = {"assetUrl": url, "kind": kind, "expirationDateString": str(expires)}
-        return Update(State.COMPLETED, progress=100, artifact=artifact)
+        return Update(State.COMPLETED, progress=100, message="completed", artifact=artifact)
     if status == "failed":
         error = body.get("error") or {}
         error_type = error.get("type") if isinstance(error, dict) else None

@@ -56,6 +56,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
 
 
 async def services_context(app: web.Application) -> AsyncIterator[None]:
+    """Open the shared services for the app's lifetime; warn first if the API is open to the network."""
     settings = app[SETTINGS]
     if not settings.api_tokens and not is_loopback(settings.host):
         log.warning(
