@@ -164,8 +164,12 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     with redis_url(settings.redis_url, settings.data_dir) as url:
-        asyncio.run(serve(settings, url))
+        asyncio.run(serve(settings, url, on_ready=announce_web))
     return 0
+
+
+def announce_web(url: str) -> None:
+    print(f"genrelay web listening on {url}", file=sys.stderr, flush=True)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
