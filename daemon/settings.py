@@ -140,7 +140,7 @@ class Settings:
             api_tokens=_api_tokens(reader),
             secret=reader.text("SECRET"),
             host=reader.text("HOST") or "127.0.0.1",
-            port=reader.integer("PORT", 8080, low=1, high=65535),
+            port=reader.integer("PORT", 8080, low=0, high=65535),  # 0: any free port (tests)
             poll_interval=reader.number("POLL_INTERVAL", 5.0),
             poll_batch=reader.integer("POLL_BATCH", 200, low=1),
             poll_concurrency=reader.integer("POLL_CONCURRENCY", 32, low=1),

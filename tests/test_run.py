@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,46 +14,8 @@ from daemon.client import Client
 from daemon.redis import find_running
 from tests.conftest import API_KEYS, Emulator, write_accounts
 
+READY = "genrelay web listening on"
 T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
-
-
-class RunProcess:
-    """``python -m daemon run`` with its stderr drained, so the pipe never fills."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.lines: list[str] = []
-        self.listening = asyncio.Event()
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "daemon",
-            "run",
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        self.drain = asyncio.create_task(self._drain())
-        async with asyncio.timeout(60):
-            await self.listening.wait()
-
-    async def _drain(self) -> None:
-        assert self.process.stderr is not None
-        async for raw in self.process.stderr:
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            if "genrelay web listening on" in line:
-                self.listening.set()
-
-    async def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(60):
-            code = await self.process.wait()
-            await self.drain
-        return code
 
 
 def free_port() -> int:
@@ -64,7 +24,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_run_starts_everything_stops_cleanly_and_keeps_jobs(tmp_path: Path, emulator: Emulator) -> None:
+async def test_run_starts_everything_stops_cleanly_and_keeps_jobs(
+    tmp_path: Path, emulator: Emulator, daemon_processes
+) -> None:  # type: ignore[no-untyped-def]
     data_dir = tmp_path / "var"
     port = free_port()
     env = {
@@ -76,8 +38,7 @@ async def test_run_starts_everything_stops_cleanly_and_keeps_jobs(tmp_path: Path
         "GENRELAY_LOG_FORMAT": "json",
         "LTX_KEY_A1": API_KEYS["a1"],
     }
-    first = RunProcess(env)
-    await first.start()
+    first = await daemon_processes("run", env, ready_line=READY)
     url = find_running(data_dir)
     assert url is not None
     body = {"provider": "ltx", "operation": "text-to-video", "params": {"prompt": "[ok]", **T2V}}
@@ -94,8 +55,7 @@ async def test_run_starts_everything_stops_cleanly_and_keeps_jobs(tmp_path: Path
     assert await first.stop() == 0
     assert find_running(data_dir) is None, "the embedded Redis outlived genrelay run"
 
-    second = RunProcess(env)
-    await second.start()
+    second = await daemon_processes("run", env, ready_line=READY)
     try:
         async with (
             aiohttp.ClientSession() as http,

@@ -106,8 +106,8 @@ def test_overrides_are_parsed(tmp_path: Path) -> None:
     ("name", "value", "expected"),
     [
         ("GENRELAY_PORT", "abc", "GENRELAY_PORT has value 'abc': not a valid integer"),
-        ("GENRELAY_PORT", "0", "GENRELAY_PORT has value 0: must be between 1 and 65535"),
-        ("GENRELAY_PORT", "70000", "GENRELAY_PORT has value 70000: must be between 1 and 65535"),
+        ("GENRELAY_PORT", "-1", "GENRELAY_PORT has value -1: must be between 0 and 65535"),
+        ("GENRELAY_PORT", "70000", "GENRELAY_PORT has value 70000: must be between 0 and 65535"),
         ("GENRELAY_POLL_BATCH", "1.5", "GENRELAY_POLL_BATCH has value '1.5': not a valid integer"),
         ("GENRELAY_POLL_BATCH", "0", "GENRELAY_POLL_BATCH has value 0: must be >= 1"),
         ("GENRELAY_POLL_CONCURRENCY", "-1", "GENRELAY_POLL_CONCURRENCY has value -1: must be >= 1"),
