@@ -260,8 +260,9 @@ class DaemonProcess:
 
 
 @pytest.fixture
-async def daemon_processes() -> AsyncIterator[Callable[..., Awaitable[DaemonProcess]]]:
-    """Start ``genrelay`` processes; whatever is still running is killed at the end of the test."""
+async def daemon_processes(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[DaemonProcess]]]:
+    """Start ``genrelay`` processes; whatever is still running is killed at the end of the test, and
+    each one's output is left in ``tmp_path`` as ``<command>-<n>.log``."""
     started: list[DaemonProcess] = []
 
     async def start(command: str, env: dict[str, str], ready_line: str | None = None) -> DaemonProcess:
@@ -272,6 +273,7 @@ async def daemon_processes() -> AsyncIterator[Callable[..., Awaitable[DaemonProc
     try:
         yield start
     finally:
-        for process in started:
+        for n, process in enumerate(started, 1):
             if process.process.returncode is None:
                 await process.stop(signal.SIGKILL)
+            (tmp_path / f"{process.command.split()[0]}-{n}.log").write_text("".join(process.lines))
