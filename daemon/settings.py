@@ -99,11 +99,13 @@ class Settings:
     retry_base: float
     retry_max: float
     lease_ttl: float
+    lease_ttl_by_provider: Mapping[str, float]
     sweep_interval: float
     job_retention: float
     worker_concurrency: int
     queue_poll_delay: float
     job_timeout: float
+    shutdown_grace: float
     log_level: str
     log_format: str
 
@@ -149,6 +151,12 @@ class Settings:
             retry_base=retry_base,
             retry_max=retry_max,
             lease_ttl=reader.number("LEASE_TTL", 1800.0),
+            # GENRELAY_LEASE_TTL_<PROVIDER>: the longest plausible job differs per provider.
+            lease_ttl_by_provider={
+                p: reader.number(f"LEASE_TTL_{p.upper()}", 0.0)
+                for p in sorted(DEFAULT_BASE_URLS)
+                if reader.text(f"LEASE_TTL_{p.upper()}")
+            },
             sweep_interval=reader.number("SWEEP_INTERVAL", 30.0),
             job_retention=reader.number("JOB_RETENTION", 604800.0),
             worker_concurrency=reader.integer("WORKER_CONCURRENCY", 50, low=1),
@@ -156,9 +164,16 @@ class Settings:
             # its next submission starts (bench/dispatch.py); one cheap ZRANGEBYSCORE per look.
             queue_poll_delay=reader.number("QUEUE_POLL_DELAY", 0.01),
             job_timeout=reader.number("JOB_TIMEOUT", 60.0),
+            # On SIGTERM a worker takes no new task and lets running ones finish for this long; more
+            # than a provider request's 30 s timeout, so a submission is never cut off mid-call.
+            shutdown_grace=reader.number("SHUTDOWN_GRACE", 35.0),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("LOG_FORMAT", "auto", LOG_FORMATS),
         )
+
+    def lease_ttl_for(self, provider: str) -> float:
+        """Seconds a job of ``provider`` may go without a sign of life before it fails as timed out."""
+        return self.lease_ttl_by_provider.get(provider, self.lease_ttl)
 
     def accounts_for(self, provider: str) -> tuple[Account, ...]:
         """Return the accounts of ``provider`` in file order (empty when it has none)."""

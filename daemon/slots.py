@@ -64,7 +64,7 @@ def build_scope(settings: Settings, provider: str) -> ProviderScope:
         provider=provider,
         accounts=accounts,
         keys=(*keys.provider_keys(provider).fixed(), *leases),
-        lease_ms=int(settings.lease_ttl * 1000),
+        lease_ms=int(settings.lease_ttl_for(provider) * 1000),
         retention_s=int(settings.job_retention),
     )
 

@@ -330,3 +330,12 @@ def test_repr_hides_secrets(tmp_path: Path) -> None:
         assert secret not in text
         assert secret not in repr(settings.accounts[0])
     assert "studio-main" in text
+
+
+def test_lease_ttl_can_be_set_per_provider(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    settings = Settings.from_env(make_env(path, GENRELAY_LEASE_TTL="600", GENRELAY_LEASE_TTL_LTX="90"))
+    assert settings.lease_ttl_for("ltx") == 90.0
+    assert settings.lease_ttl_for("vydra") == 600.0
+    with pytest.raises(SettingsError, match="GENRELAY_LEASE_TTL_LTX"):
+        Settings.from_env(make_env(path, GENRELAY_LEASE_TTL_LTX="-1"))

@@ -315,7 +315,7 @@ async def test_scheduler_available_refuses_unknown_providers_and_parameters(api:
 
 async def test_no_route_gets_404_and_a_wrong_method_405_in_the_json_shape(api: Client) -> None:
     await expect_error(await api.get("/v1/nothing"), 404, "no route for GET /v1/nothing")
-    await expect_error(await api.get("/"), 404, "no route for GET /")
+    await expect_error(await api.get("/nothing-here"), 404, "no route for GET /nothing-here")
     resp = await api.put("/v1/jobs", json=JOB)
     await expect_error(resp, 405, "method PUT is not allowed on /v1/jobs: use GET, HEAD, POST")
     assert resp.headers["Allow"] == "GET,HEAD,POST"

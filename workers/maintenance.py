@@ -19,9 +19,11 @@ async def sweep_once(runtime: WorkerRuntime) -> int:
     """One pass over every provider; returns how many jobs were failed as timed out."""
     services = runtime.services
     failed = 0
+    # Idempotent; restores the accounts after a Redis that lost its data came back.
+    await services.slots.sync_accounts()
     for provider in services.settings.providers():
         for job_id in await services.slots.sweep(provider):
-            outcome = await services.store.fail_timed_out(job_id, services.settings.lease_ttl)
+            outcome = await services.store.fail_timed_out(job_id, services.settings.lease_ttl_for(provider))
             log.warning("lease expired", job_id=job_id, provider=provider, outcome=outcome)
             failed += outcome == "applied"
     return failed

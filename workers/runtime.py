@@ -27,8 +27,12 @@ class WorkerRuntime:
     def account(self, provider: str, name: str | None) -> Account | None:
         return self.services.settings.account(provider, name) if name else None
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop the loops: each finishes what it has in flight (up to ``grace`` seconds) and gives
+        back nothing half done; whatever is still running after that is cancelled."""
         self.stopping.set()
+        if self.tasks and grace > 0:
+            await asyncio.wait(self.tasks, timeout=grace)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -1,0 +1,45 @@
+"""``genrelay accounts``: the capacity table, and an operator disabling and re-enabling an account."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import process_env
+
+
+def accounts(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "accounts", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_accounts_table_and_enable_disable(
+    tmp_path: Path, redis_url: str, open_daemon, make_settings
+) -> None:
+    services = await open_daemon(make_settings(accounts={"a1": 1, "a2": 3}))
+    env = process_env(tmp_path, redis_url, "http://127.0.0.1:9", {"a1": 1, "a2": 3})
+    shown = accounts(env)
+    assert shown.returncode == 0, shown.stderr
+    rows = [line.split() for line in shown.stdout.splitlines()]
+    assert rows[0] == ["provider", "account", "maxJobs", "executing", "available", "state"]
+    assert rows[1:3] == [["ltx", "a1", "1", "0", "1", "ok"], ["ltx", "a2", "3", "0", "3", "ok"]]
+
+    disabled = accounts(env, "disable", "a2")
+    assert disabled.returncode == 0, disabled.stderr
+    assert "a2" in disabled.stdout.splitlines()[2] and "disabled" in disabled.stdout.splitlines()[2]
+    capacity = await services.slots.capacity("ltx")
+    assert [a["enabled"] for a in capacity["available"]] == [True, False]
+
+    enabled = accounts(env, "enable", "a2")
+    assert enabled.returncode == 0
+    assert (await services.slots.capacity("ltx"))["available"][1]["enabled"] is True
+
+    unknown = accounts(env, "enable", "nobody")
+    assert unknown.returncode == 2
+    assert "no account named 'nobody'" in unknown.stderr
