@@ -56,6 +56,7 @@ class JobRequest:
     reply_ref: str | None = None
     priority: int = DEFAULT_PRIORITY
     request_id: str | None = None
+    notify_progress: bool = False  # also POST progress to replyUrl, not only the end
 
     @classmethod
     def from_json(cls, body: Any) -> JobRequest:
@@ -71,6 +72,7 @@ class JobRequest:
             "replyRef",
             "priority",
             "requestId",
+            "notifyProgress",
         }
         if unknown:
             raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -82,6 +84,9 @@ class JobRequest:
         priority = body.get("priority", DEFAULT_PRIORITY)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
             raise InvalidRequest("'priority' must be an integer from 0 to 9 (higher runs first)")
+        notify_progress = body.get("notifyProgress", False)
+        if not isinstance(notify_progress, bool):
+            raise InvalidRequest("'notifyProgress' must be true or false")
         reply_url = _optional_str(body, "replyUrl")
         if reply_url is not None and not reply_url.startswith(("http://", "https://")):
             raise InvalidRequest("'replyUrl' must be an http(s) URL")
@@ -94,6 +99,7 @@ class JobRequest:
             reply_ref=_optional_str(body, "replyRef"),
             priority=priority,
             request_id=_optional_str(body, "requestId"),
+            notify_progress=notify_progress,
         )
 
 

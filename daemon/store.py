@@ -92,6 +92,7 @@ class JobStore:
             "reply_ref": request.reply_ref or "",
             "priority": str(request.priority),
             "request_id": request.request_id or "",
+            "notify_progress": "1" if request.notify_progress else "",
         }
         scope = self.slots.scope(request.provider)
         result = await self.scripts.create_job(

@@ -101,6 +101,19 @@ local function enqueue_submit(job)
   redis.call('ZADD', KEYS[K_ARQ], NOW, arq_id)
 end
 
+-- Tell the app: when it gave its own replyUrl, a terminal transition (and, if it asked, progress)
+-- enqueues one delivery task. The arq id names the record's sequence number, so a delivery is
+-- enqueued once per transition however often the script is retried.
+local function notify_app(job, terminal)
+  if (redis.call('HGET', JOB_KEY, 'reply_url') or '') == '' then return end
+  if not terminal and redis.call('HGET', JOB_KEY, 'notify_progress') ~= '1' then return end
+  local seq = redis.call('HGET', JOB_KEY, 'seq') or '0'
+  local arq_id = 'deliver:' .. job .. ':' .. seq
+  local payload = '{"t":null,"f":"deliver_job","a":[' .. cjson.encode(job) .. ',' .. seq .. '],"k":{},"et":' .. NOW .. '}'
+  redis.call('SET', cfg.arq_prefix .. arq_id, payload, 'PX', cfg.arq_expiry_ms)
+  redis.call('ZADD', KEYS[K_ARQ], NOW, arq_id)
+end
+
 local function grant(i, job)
   redis.call('ZADD', lease_key(i), NOW + cfg.lease_ms, job)
   enqueue_submit(job)

@@ -21,6 +21,7 @@ if n >= tonumber(ARGV[4]) then
   move_state_index(job, state, 'failed')
   emit(job, 'failed', tonumber(redis.call('HGET', JOB_KEY, 'progress') or 0),
        redis.call('HGET', JOB_KEY, 'account') or '', 'poll')
+  notify_app(job, true)
   unschedule(job)
   release(job)
   redis.call('EXPIRE', JOB_KEY, cfg.retention_s)

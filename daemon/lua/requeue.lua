@@ -36,6 +36,7 @@ if usable == 0 then
   redis.call('HINCRBY', JOB_KEY, 'seq', 1)
   move_state_index(job, state, 'failed')
   emit(job, 'failed', 0, account, 'slots')
+  notify_app(job, true)
   unschedule(job)
   redis.call('EXPIRE', JOB_KEY, cfg.retention_s)
   handoff()

@@ -68,6 +68,7 @@ redis.call('HINCRBY', JOB_KEY, 'seq', 1)
 move_state_index(job, cur, new)
 emit(job, new, progress, account, source)
 
+notify_app(job, RANK[new] == 3)
 if RANK[new] == 3 then
   unschedule(job)
   release(job)
