@@ -130,6 +130,7 @@ class Update:
     provider_job_id: str | None = None
     error_type: str | None = None
     fields: dict[str, str] | None = None  # further record fields to set with the transition
+    confirm: bool = False  # a callback: a terminal state is only a hint to read the status now
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"state": self.state.value}
@@ -145,6 +146,8 @@ class Update:
             data["error_type"] = self.error_type
         if self.fields:
             data["fields"] = self.fields
+        if self.confirm:
+            data["confirm"] = True
         return orjson.dumps(data)
 
 

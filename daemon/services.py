@@ -6,13 +6,18 @@ import secrets
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+import structlog
 
 from daemon import keys
+from daemon.callback_tokens import CallbackTokens
 from daemon.redis import connect
 from daemon.scripts import Scripts
 from daemon.settings import Settings
 from daemon.slots import SlotAllocator
+from daemon.startup_checks import check_redis, runs_embedded_binary
 from daemon.store import JobStore
+
+log = structlog.get_logger("genrelay.redis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +29,31 @@ class Services:
     store: JobStore
     secret: str
 
+    def callback_tokens(self) -> CallbackTokens:
+        return CallbackTokens(self.secret, self.settings.secret_previous)
+
     async def close(self) -> None:
         await self.client.aclose()
 
 
-async def open_services(settings: Settings, redis_url: str, *, sync_accounts: bool = True) -> Services:
-    """Connect, load the scripts and (by default) the accounts into Redis."""
+async def open_services(
+    settings: Settings, redis_url: str, *, sync_accounts: bool = True, embedded: bool | None = None
+) -> Services:
+    """Connect, check the Redis configuration, load the scripts and (by default) the accounts into Redis.
+
+    Args:
+        settings: The daemon settings.
+        redis_url: The Redis to use.
+        sync_accounts: Write the accounts of ``settings`` into Redis.
+        embedded: Whether ``redis_url`` is genrelay's embedded server (its persistence is not warned
+            about); ``None`` asks the server (see :func:`~daemon.startup_checks.runs_embedded_binary`).
+
+    Raises:
+        SettingsError: Redis evicts keys (``maxmemory-policy`` is not ``noeviction``).
+    """
     client = await connect(redis_url)
     try:
+        await check_redis_config(client, embedded=embedded)
         scripts = Scripts.register(client)
         await scripts.load()
         slots = SlotAllocator(client, scripts, settings)
@@ -42,6 +64,14 @@ async def open_services(settings: Settings, redis_url: str, *, sync_accounts: bo
         await client.aclose()
         raise
     return Services(settings, client, scripts, slots, JobStore(client, scripts, slots), secret)
+
+
+async def check_redis_config(client: aioredis.Redis, *, embedded: bool | None) -> None:
+    """Refuse an evicting Redis before anything is written to it; log what an operator must fix."""
+    if embedded is None:
+        embedded = await runs_embedded_binary(client)
+    for warning in await check_redis(client, embedded=embedded):
+        log.warning(warning)
 
 
 async def shared_secret(client: aioredis.Redis) -> str:

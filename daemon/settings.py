@@ -32,7 +32,7 @@ __all__ = [
     "Settings",
 ]
 
-SUPPORTED_PROVIDERS: frozenset[str] = frozenset({"ltx"})
+SUPPORTED_PROVIDERS: frozenset[str] = frozenset({"ltx", "ltxstudio"})
 DEFAULT_BASE_URLS: dict[str, str] = {
     "ltx": "https://api.ltx.video",
     "ltxstudio": "https://api.useapi.net",
@@ -89,6 +89,7 @@ class Settings:
     public_url: str | None
     api_tokens: tuple[str, ...] = field(repr=False)
     secret: str | None = field(repr=False)
+    secret_previous: str | None = field(repr=False)
     host: str
     port: int
     poll_interval: float
@@ -106,6 +107,8 @@ class Settings:
     queue_poll_delay: float
     job_timeout: float
     shutdown_grace: float
+    callback_confirm: bool
+    safety_poll_interval: float
     log_level: str
     log_format: str
 
@@ -141,6 +144,8 @@ class Settings:
             public_url=_public_url(reader),
             api_tokens=_api_tokens(reader),
             secret=reader.text("SECRET"),
+            # The secret before a rotation: callback tokens it signed stay valid until their jobs end.
+            secret_previous=reader.text("SECRET_PREVIOUS"),
             host=reader.text("HOST") or "127.0.0.1",
             port=reader.integer("PORT", 8080, low=0, high=65535),  # 0: any free port (tests)
             poll_interval=reader.number("POLL_INTERVAL", 5.0),
@@ -167,6 +172,10 @@ class Settings:
             # On SIGTERM a worker takes no new task and lets running ones finish for this long; more
             # than a provider request's 30 s timeout, so a submission is never cut off mid-call.
             shutdown_grace=reader.number("SHUTDOWN_GRACE", 35.0),
+            # A callback is a hint: before a job ends on one, read its status from the provider.
+            callback_confirm=reader.flag("CALLBACK_CONFIRM", True),
+            # Jobs that get callbacks are still polled this often (doubling up to 16x), in case one is lost.
+            safety_poll_interval=reader.number("SAFETY_POLL_INTERVAL", 60.0),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("LOG_FORMAT", "auto", LOG_FORMATS),
         )
@@ -197,8 +206,7 @@ class Settings:
         """
         values = [account.api_key for account in self.accounts]
         values.extend(self.api_tokens)
-        if self.secret:
-            values.append(self.secret)
+        values.extend(value for value in (self.secret, self.secret_previous) if value)
         password = urlsplit(self.redis_url).password if self.redis_url else None
         if password:
             # Logs may show the password as written in the URL or percent-decoded, as redis-py uses it.
@@ -247,6 +255,17 @@ class _EnvReader:
         if value <= 0:
             raise SettingsError(f"{ENV_PREFIX}{suffix} has value {value:g}: must be > 0")
         return value
+
+    def flag(self, suffix: str, default: bool) -> bool:
+        """Return a boolean written as 1/0, true/false, yes/no or on/off; ``default`` when unset."""
+        raw = self.text(suffix)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{ENV_PREFIX}{suffix} has value {raw!r}: must be 1 or 0 (true or false)")
 
     def choice(self, suffix: str, default: str, choices: tuple[str, ...]) -> str:
         """Return one of ``choices`` (case-insensitive), or ``default`` when unset."""

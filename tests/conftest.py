@@ -21,6 +21,7 @@ from daemon.settings import Settings
 from emulator.app import create_app as create_emulator
 from emulator.config import EmulatorConfig
 
+USEAPI_TOKEN = "user:12345-useapi-test-token"
 API_KEYS = {"a1": "key-a1-0123456789", "a2": "key-a2-0123456789", "a3": "key-a3-0123456789"}
 
 
@@ -93,11 +94,17 @@ async def emulator(emulator_config: EmulatorConfig) -> AsyncIterator[Emulator]:
 
 
 def write_accounts(path: Path, base_url: str, accounts: dict[str, int]) -> Path:
-    tables = [
-        f'[[account]]\nprovider = "ltx"\nname = "{name}"\nmax_jobs = {max_jobs}\n'
-        f'api_key_env = "LTX_KEY_{name.upper()}"\nbase_url = "{base_url}"\n'
-        for name, max_jobs in accounts.items()
-    ]
+    """One ``[[account]]`` per entry; a name ``ltxstudio/EMAIL`` makes a useapi LTX Studio account
+    (all of them share the one useapi token, as one subscription does), a bare name an ltx one."""
+    tables = []
+    for entry, max_jobs in accounts.items():
+        provider, _, name = entry.rpartition("/")
+        provider = provider or "ltx"
+        key_env = "USEAPI_TOKEN" if provider == "ltxstudio" else f"LTX_KEY_{name.upper()}"
+        tables.append(
+            f'[[account]]\nprovider = "{provider}"\nname = "{name}"\nmax_jobs = {max_jobs}\n'
+            f'api_key_env = "{key_env}"\nbase_url = "{base_url}"\n'
+        )
     path.write_text("\n".join(tables), encoding="utf-8")
     return path
 
@@ -133,6 +140,7 @@ def process_env(
         "GENRELAY_QUEUE_POLL_DELAY": "0.02",
         "GENRELAY_LOG_FORMAT": "json",
         **{f"LTX_KEY_{name.upper()}": key for name, key in API_KEYS.items()},
+        "USEAPI_TOKEN": USEAPI_TOKEN,
     }
     values.update(env)
     return values

@@ -17,13 +17,15 @@ from arq import Retry
 from daemon.backoff import backoff_seconds
 from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
-from daemon.providers import get_provider
+from daemon.metrics import count_submit_outcomes
+from daemon.providers import get_provider, webhook_provider
 from daemon.store import SubmitClaim
 from workers.runtime import RUNTIME, WorkerRuntime
 
 log = structlog.get_logger("genrelay.submit")
 
 
+@count_submit_outcomes
 async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
     runtime: WorkerRuntime = ctx[RUNTIME]
     store = runtime.services.store
@@ -44,17 +46,20 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
         )
         return "requeued"
     provider = get_provider(job.provider)
+    callback_url = _callback_url(runtime, job)
     try:
-        provider_job_id = await provider.submit(runtime.session, account, job)
+        provider_job_id = await provider.submit(runtime.session, account, job, callback_url)
     except ProviderError as exc:
         return await _submit_failed(ctx, runtime, job, claim, exc)
-    poll_in_ms = int(runtime.services.settings.poll_interval * 1000)
+    settings = runtime.services.settings
+    fields = {"submit_open": "0"}
+    poll_in_ms = int(settings.poll_interval * 1000)
+    if callback_url:
+        # Callbacks carry the news; a slow safety poll (backing off) covers a lost one.
+        poll_in_ms = int(settings.safety_poll_interval * 1000)
+        fields.update(poll_ms=str(poll_in_ms), poll_backoff=str(poll_in_ms))
     update = Update(
-        State.ACTIVE,
-        progress=0,
-        message="submitted",
-        provider_job_id=provider_job_id,
-        fields={"submit_open": "0"},
+        State.ACTIVE, progress=0, message="submitted", provider_job_id=provider_job_id, fields=fields
     )
     outcome = await store.apply(job_id, update, source="submit", poll_in_ms=poll_in_ms)
     log.info(
@@ -67,6 +72,15 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
         outcome=outcome,
     )
     return "submitted"
+
+
+def _callback_url(runtime: WorkerRuntime, job: Job) -> str | None:
+    """Our callback URL for this job, when its provider calls back and we are reachable."""
+    public_url = runtime.services.settings.public_url
+    if public_url is None or webhook_provider(job.provider) is None:
+        return None
+    token = runtime.services.callback_tokens().issue(job.provider, job.id)
+    return f"{public_url.rstrip('/')}/callbacks/{job.provider}/{token}"
 
 
 async def _submit_failed(

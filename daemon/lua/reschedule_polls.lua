@@ -3,15 +3,24 @@
 -- KEYS: the prelude layout; KEYS[18+N+k] is the hash of the k-th job.
 -- ARGV[2]: delay until the next poll (ms); ARGV[3..]: job ids, in the order of their hashes.
 -- Only jobs this worker still holds a claim on are rescheduled (a terminal job is left alone).
+-- A job with its own 'poll_ms' (the safety poll of a job that gets callbacks) uses it, and when
+-- 'poll_backoff' is set it doubles each quiet poll, up to 16 times the first interval.
 
 local delay = tonumber(ARGV[2])
 local done = 0
 for k = 3, #ARGV do
   local job = ARGV[k]
   if redis.call('ZREM', KEYS[K_POLLING], job) == 1 then
-    redis.call('ZADD', KEYS[K_POLLS], NOW + delay, job)
+    local hash = KEYS[FIXED + N + k - 2]
+    local own = tonumber(redis.call('HGET', hash, 'poll_ms') or '')
+    local wait = own or delay
+    if own and redis.call('HGET', hash, 'poll_backoff') then
+      local first = tonumber(redis.call('HGET', hash, 'poll_backoff'))
+      redis.call('HSET', hash, 'poll_ms', math.min(own * 2, first * 16))
+    end
+    redis.call('ZADD', KEYS[K_POLLS], NOW + wait, job)
     renew(job)
-    redis.call('HDEL', KEYS[FIXED + N + k - 2], 'poll_errors')
+    redis.call('HDEL', hash, 'poll_errors')
     done = done + 1
   end
 end

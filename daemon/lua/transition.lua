@@ -1,17 +1,22 @@
 -- transition.lua: apply one update to a job, monotonically and idempotently.
 -- KEYS: the prelude layout; KEYS[18+N] is the job's hash.
 -- ARGV[2]: JSON update {state, progress?, message?, artifact? (JSON text), provider_job_id?,
---          error_type?, fields? {name: text}}
--- ARGV[3]: poll again in this many ms while the job is active (0: leave the poll schedule alone)
--- ARGV[4]: what the update came from (submit, poll, webhook, sweep, cancel, ...)
+--          error_type?, fields? {name: text}, confirm? (true: a callback, only a hint)}
+-- ARGV[3]: poll again in this many ms while the job is active (0: leave the poll schedule alone);
+--          a job with its own 'poll_ms' (callback jobs: the slow safety poll) uses that instead
+-- ARGV[4]: what the update came from (submit, poll, callback, sweep, cancel, ...)
 --
 -- States only move forward (queued < submitting < active < terminal); within 'active' only the
 -- progress moves forward; a terminal job is never rewritten. A 'completed' without an artifact is
 -- refused: the provider's status and artifact can be out of sync. An update that changes nothing
 -- still counts as a sign of life (the lease is renewed, the poll rescheduled).
+-- A terminal update marked 'confirm' (a callback) does not end the job: it records what it can
+-- (the job is active, its provider id) and makes the job's next poll due now, so the provider's
+-- own answer decides; many copies of it at once still cause one status read.
 -- The terminal transition releases the slot (exactly once: the lease member is the job id) and
 -- hands it to the next waiting job in this same script.
--- Returns {outcome, state[, account]}: outcome is applied | duplicate | stale | terminal | no_artifact | missing.
+-- Returns {outcome, state[, account]}: outcome is applied | duplicate | stale | terminal |
+-- no_artifact | confirming | missing.
 
 local job = redis.call('HGET', JOB_KEY, 'id')
 if not job then return {'missing', ''} end
@@ -22,16 +27,34 @@ local poll_ms = tonumber(ARGV[3])
 local source = ARGV[4]
 if RANK[new] == nil then return redis.error_reply('unknown state ' .. tostring(new)) end
 if RANK[cur] == 3 then return {'terminal', cur} end
+local job_poll_ms = tonumber(redis.call('HGET', JOB_KEY, 'poll_ms') or '')
+if job_poll_ms and poll_ms > 0 then poll_ms = job_poll_ms end
+local confirming = false
+if u.confirm and RANK[new] == 3 then
+  confirming = true
+  new = 'active'
+  u.state, u.artifact, u.error_type = 'active', nil, nil
+  if u.progress == nil or u.progress == cjson.null then u.progress = 0 end
+  u.message = nil
+end
 
 local function sign_of_life()
   if cur == 'active' then
     renew(job)
-    if poll_ms > 0 then schedule_poll(job, poll_ms) end
+    if confirming then
+      schedule_poll(job, 0)
+    elseif poll_ms > 0 then
+      schedule_poll(job, poll_ms)
+    end
   end
 end
 
 if new == 'completed' and (u.artifact == nil or u.artifact == '') then
-  sign_of_life()
+  -- Poll again soon (ARGV's interval, not a slow safety poll): the artifact usually follows.
+  if cur == 'active' then
+    renew(job)
+    schedule_poll(job, tonumber(ARGV[3]) > 0 and tonumber(ARGV[3]) or 1000)
+  end
   return {'no_artifact', cur}
 end
 if RANK[new] < RANK[cur] then
@@ -42,8 +65,16 @@ local cur_progress = tonumber(redis.call('HGET', JOB_KEY, 'progress') or 0)
 local progress = cur_progress
 if u.progress ~= nil then progress = math.max(0, math.min(100, math.floor(tonumber(u.progress)))) end
 if new == cur and (new ~= 'active' or progress <= cur_progress) then
+  -- Nothing moves, but bookkeeping fields (e.g. the submit's poll schedule when a callback got
+  -- there first) and a provider job id not known yet are still recorded.
+  if type(u.fields) == 'table' then
+    for k, v in pairs(u.fields) do redis.call('HSET', JOB_KEY, k, v) end
+  end
+  if u.provider_job_id and u.provider_job_id ~= cjson.null and not redis.call('HGET', JOB_KEY, 'provider_job_id') then
+    redis.call('HSET', JOB_KEY, 'provider_job_id', u.provider_job_id)
+  end
   sign_of_life()
-  return {'duplicate', cur}
+  return {confirming and 'confirming' or 'duplicate', cur}
 end
 if progress < cur_progress then progress = cur_progress end
 if new == 'completed' then progress = 100 end
@@ -77,7 +108,11 @@ if RANK[new] == 3 then
 else
   if new == 'active' then
     renew(job)
-    if poll_ms > 0 then schedule_poll(job, poll_ms) end
+    if confirming then
+      schedule_poll(job, 0)
+    elseif poll_ms > 0 then
+      schedule_poll(job, poll_ms)
+    end
   end
 end
-return {'applied', new, account}
+return {confirming and 'confirming' or 'applied', new, account}

@@ -10,6 +10,7 @@ import orjson
 
 from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import Job, Update
+from daemon.metrics import instrument_provider_requests
 from daemon.settings import Account
 
 USER_AGENT = "genrelay/0.1 (+https://github.com/genrelay/genrelay)"
@@ -24,12 +25,23 @@ class Provider(Protocol):
     webhooks: bool
     operations: frozenset[str]
 
-    async def submit(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
-        """Start the job at the provider; returns the provider's job id."""
+    async def submit(
+        self, session: aiohttp.ClientSession, account: Account, job: Job, callback_url: str | None = None
+    ) -> str:
+        """Start the job at the provider; returns the provider's job id. ``callback_url`` is given
+        only to providers with ``webhooks`` when genrelay has a public URL."""
         ...
 
     async def status(self, session: aiohttp.ClientSession, account: Account, job: Job) -> Update:
         """Read the job's status at the provider."""
+        ...
+
+
+class WebhookProvider(Provider, Protocol):
+    """A provider that calls ``replyUrl`` back."""
+
+    def parse_callback(self, body: Mapping[str, Any]) -> tuple[str | None, Update]:
+        """Our job id (the ``replyRef`` echoed back, when present) and what the callback reports."""
         ...
 
 
@@ -43,6 +55,7 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return None  # an HTTP date: rare for APIs; fall back to our own backoff
 
 
+@instrument_provider_requests
 async def request_json(
     session: aiohttp.ClientSession,
     method: str,

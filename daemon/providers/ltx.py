@@ -63,7 +63,9 @@ class LtxProvider:
     webhooks = False
     operations = frozenset(RESULT_KEYS)
 
-    async def submit(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
+    async def submit(
+        self, session: aiohttp.ClientSession, account: Account, job: Job, callback_url: str | None = None
+    ) -> str:
         url = f"{account.base_url}/v2/{job.operation}"
         _, body = await request_json(
             session, "POST", url, account=account, classify=classify, json_body=job.params

@@ -23,7 +23,10 @@ from daemon.services import Services, open_services
 from daemon.settings import Settings
 from daemon.web.api import MAX_BODY_BYTES, SERVICES, routes
 from daemon.web.auth import bearer_auth
+from daemon.web.callbacks import routes as callback_routes
+from daemon.web.dashboard import routes as dashboard_routes
 from daemon.web.errors import REDIS_UNREACHABLE, error_middleware, json_response, loggable_path
+from daemon.web.openapi import openapi_json
 
 __all__ = ["REDIS_URL", "SETTINGS", "AccessLogger", "create_app", "readiness_problems", "serve"]
 
@@ -34,7 +37,7 @@ REDIS_URL = web.AppKey("redis_url", str)
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 # A readiness probe must answer even when Redis is blackholed (the client has no read timeout).
 READINESS_TIMEOUT_SECONDS = 2.0
-_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+_PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 log = structlog.get_logger("genrelay.web")
 access_log = structlog.get_logger("genrelay.access")
@@ -51,7 +54,10 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.cleanup_ctx.append(services_context)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_routes(routes)
+    app.router.add_routes(callback_routes)
+    app.router.add_routes(dashboard_routes)
     return app
 
 

@@ -1,0 +1,148 @@
+"""useapi.net services (LTX Studio first): submit with ``email``, ``replyUrl`` and ``replyRef``,
+then a callback to ``replyUrl`` and/or status reads of ``GET assets/{jobId}``.
+
+useapi.net's services share their conventions (bearer token, ``{"error", "code"}`` errors, the
+status model, the scheduler), so one adapter serves them; the service path is a parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from daemon.errors import InvalidRequest, ProviderAction, ProviderError
+from daemon.jobs import Job, State, Update
+from daemon.providers.base import request_json, retry_after_seconds
+from daemon.settings import Account
+
+LTX_STUDIO_OPERATIONS = frozenset(
+    {"videos/ltx-create", "videos/veo-create", "images/create", "images/edit", "images/upscale"}
+)
+GIVE_UP_STATUSES = frozenset({400, 413, 422})
+# 401 bad token, 402 no subscription, 412 out of credits, 596 account on hold: the account, not the job.
+STOP_ACCOUNT_STATUSES = frozenset({401, 402, 412, 596})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CALLBACK_TYPES = frozenset({"active", "completed", "failed"})
+
+
+def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
+    """Raise the ``ProviderError`` for a useapi error answer (providers.md §1.6)."""
+    message = body.get("error") if isinstance(body, dict) else None
+    text = f"useapi {status}: {message or 'no message'}"
+    if status == 404:
+        action = ProviderAction.LOST
+    elif status in STOP_ACCOUNT_STATUSES:
+        action = ProviderAction.STOP_ACCOUNT
+    elif status in RETRY_STATUSES or status >= 500:
+        action = ProviderAction.RETRY
+    else:
+        action = ProviderAction.GIVE_UP
+    raise ProviderError(text, action=action, status=status, retry_after=retry_after_seconds(headers))
+
+
+def parse_status(body: Mapping[str, Any]) -> Update:
+    """The useapi status model (``GET assets/{jobId}`` and the callback body) as an update."""
+    raw_status = body.get("status")
+    status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
+    kind = status.get("type")
+    progress = status.get("progress")
+    progress = int(progress) if isinstance(progress, int | float) and not isinstance(progress, bool) else None
+    message = status.get("message") if isinstance(status.get("message"), str) else None
+    provider_job_id = body.get("jobId") if isinstance(body.get("jobId"), str) else None
+    if kind == "completed":
+        artifact = _artifact(status.get("artifact"))
+        return Update(
+            State.COMPLETED,
+            progress=100,
+            message=message or "completed",
+            artifact=artifact,
+            provider_job_id=provider_job_id,
+        )
+    if kind == "failed":
+        return Update(
+            State.FAILED,
+            message=f"failed: {message or 'no message'}",
+            error_type="failed",
+            provider_job_id=provider_job_id,
+        )
+    return Update(State.ACTIVE, progress=progress, message=message, provider_job_id=provider_job_id)
+
+
+def _artifact(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict) or not isinstance(value.get("assetUrl"), str) or not value["assetUrl"]:
+        return None
+    raw_asset = value.get("asset")
+    asset: dict[str, Any] = raw_asset if isinstance(raw_asset, dict) else {}
+    mime = asset.get("mimeType") if isinstance(asset.get("mimeType"), str) else ""
+    kind = mime.split("/")[0] if mime else "other"
+    artifact: dict[str, Any] = {"assetUrl": value["assetUrl"], "kind": kind}
+    if isinstance(value.get("expirationDateString"), str):
+        artifact["expirationDateString"] = value["expirationDateString"]
+    if asset:
+        artifact["asset"] = {k: v for k, v in asset.items() if isinstance(v, str)}
+    return artifact
+
+
+class UseapiProvider:
+    """One useapi.net service, e.g. ``ltxstudio``."""
+
+    webhooks = True
+
+    def __init__(self, name: str, service: str, operations: frozenset[str]) -> None:
+        self.name = name
+        self.service = service
+        self.operations = operations
+
+    def _url(self, account: Account, path: str) -> str:
+        return f"{account.base_url}/v1/{self.service}/{path}"
+
+    async def submit(
+        self, session: aiohttp.ClientSession, account: Account, job: Job, callback_url: str | None = None
+    ) -> str:
+        body: dict[str, Any] = {**job.params, "email": account.name, "maxJobs": account.max_jobs}
+        if callback_url:
+            body["replyUrl"] = callback_url
+            body["replyRef"] = job.id
+        _, answer = await request_json(
+            session,
+            "POST",
+            self._url(account, job.operation),
+            account=account,
+            classify=classify,
+            json_body=body,
+        )
+        job_id = answer.get("jobId") if isinstance(answer, dict) else None
+        if not isinstance(job_id, str) or not job_id:
+            raise ProviderError("useapi accepted the job but sent no jobId", action=ProviderAction.RETRY)
+        return job_id
+
+    async def status(self, session: aiohttp.ClientSession, account: Account, job: Job) -> Update:
+        url = self._url(account, f"assets/{quote(job.provider_job_id or '', safe='')}")
+        try:
+            _, body = await request_json(session, "GET", url, account=account, classify=classify)
+        except ProviderError as exc:
+            if exc.action is ProviderAction.LOST:
+                return Update(
+                    State.FAILED,
+                    message="useapi no longer knows this job (404 job not found or has expired)",
+                    error_type="lost",
+                )
+            raise
+        return parse_status(body if isinstance(body, dict) else {})
+
+    def parse_callback(self, body: Mapping[str, Any]) -> tuple[str | None, Update]:
+        """(our job id from ``replyRef``, the update) from a callback body; ``InvalidRequest`` when
+        the body is not the status model."""
+        ref = body.get("replyRef")
+        status = body.get("status")
+        if not isinstance(status, dict) or status.get("type") not in CALLBACK_TYPES:
+            raise InvalidRequest(f"'status.type' must be one of {', '.join(sorted(CALLBACK_TYPES))}")
+        progress = status.get("progress")
+        if progress is not None and (isinstance(progress, bool) or not isinstance(progress, int | float)):
+            raise InvalidRequest("'status.progress' must be a number")
+        if "jobId" in body and not isinstance(body["jobId"], str):
+            raise InvalidRequest("'jobId' must be a string")
+        return (ref if isinstance(ref, str) and ref else None), parse_status(body)
