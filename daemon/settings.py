@@ -108,6 +108,7 @@ class Settings:
     job_timeout: float
     shutdown_grace: float
     callback_confirm: bool
+    worker_metrics_port: int | None
     safety_poll_interval: float
     log_level: str
     log_format: str
@@ -174,6 +175,12 @@ class Settings:
             shutdown_grace=reader.number("SHUTDOWN_GRACE", 35.0),
             # A callback is a hint: before a job ends on one, read its status from the provider.
             callback_confirm=reader.flag("CALLBACK_CONFIRM", True),
+            # The worker's own /metrics port: unset = off, 0 = any free port.
+            worker_metrics_port=(
+                reader.integer("WORKER_METRICS_PORT", 0, low=0, high=65535)
+                if reader.text("WORKER_METRICS_PORT")
+                else None
+            ),
             # Jobs that get callbacks are still polled this often (doubling up to 16x), in case one is lost.
             safety_poll_interval=reader.number("SAFETY_POLL_INTERVAL", 60.0),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),

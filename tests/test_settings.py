@@ -222,7 +222,7 @@ api_key_env = "LTXV_BACKUP_KEY"
             '"ltx"\nname = "backup"',
             '"runway"\nname = "backup"',
             10,
-            "provider 'runway' is not supported (supported: ltx)",
+            "provider 'runway' is not supported (supported: ltx, ltxstudio)",
         ),
         (
             'name = "backup"',

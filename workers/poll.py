@@ -18,6 +18,7 @@ import structlog
 from daemon import keys
 from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import TERMINAL, Job, State, Update
+from daemon.metrics import METRICS
 from daemon.providers import get_provider
 from workers.runtime import WorkerRuntime
 
@@ -97,6 +98,7 @@ class Poller:
                 gone.append(job_id)
                 continue
             self.stats.record_lateness(max(0, now_ms - due_ms))
+            METRICS.observe_poll_lateness(self.provider, max(0, now_ms - due_ms))
             task = asyncio.create_task(self._poll(Job(fields)))
             self.in_flight.add(task)
             task.add_done_callback(self._done)

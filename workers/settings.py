@@ -12,6 +12,7 @@ from arq import Worker, func
 from arq.connections import RedisSettings
 
 from daemon import keys
+from daemon.metrics import start_worker_metrics
 from daemon.services import open_services
 from daemon.settings import Settings
 from workers.accept import accept_job
@@ -44,6 +45,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         for provider in settings.providers():
             runtime.tasks.append(asyncio.create_task(poll_forever(runtime, provider)))
         runtime.tasks.append(asyncio.create_task(sweep_forever(runtime)))
+        runtime.tasks.extend(start_worker_metrics(settings, runtime.stopping))
         ctx[RUNTIME] = runtime
         log.info(
             "worker started", providers=list(settings.providers()), concurrency=settings.worker_concurrency
@@ -52,7 +54,8 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
     async def shutdown(ctx: dict[str, Any]) -> None:
         runtime: WorkerRuntime | None = ctx.pop(RUNTIME, None)
         if runtime is not None:
-            await runtime.close()
+            # Pollers finish their in-flight status reads and record them; claims are not left behind.
+            await runtime.close(grace=min(settings.shutdown_grace, 10.0))
         log.info("worker stopped")
 
     return Worker(
@@ -75,6 +78,8 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         health_check_key=HEALTH_CHECK_KEY,
         handle_signals=handle_signals,
+        # SIGTERM: take no new task, let running ones finish (a cut-off one is retried by arq).
+        job_completion_wait=int(settings.shutdown_grace),
         log_results=False,
     )
 

@@ -1,0 +1,332 @@
+"""Prometheus metrics: this process's counters, and the gauges whose truth lives in Redis.
+
+* Counters and histograms of what *this process* did (provider requests, poll lateness, submit
+  outcomes, callbacks, deliveries) live in :data:`METRICS`, in a registry of our own rather than
+  prometheus_client's global one, so a test process can build any number of apps. Prometheus sums
+  them over processes.
+* Gauges of the shared state (jobs per state, queue depth, slots, cooldowns, disabled accounts) are
+  read from Redis at scrape time, in one pipeline, by :class:`RedisStateCollector`: every web process
+  reports the same truth, so aggregate them with ``max``, not ``sum``.
+
+The web app serves both at ``GET /metrics``. A worker serves its own counters on
+``GENRELAY_WORKER_METRICS_PORT`` (see :func:`start_worker_metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Coroutine, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from arq import Retry
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from redis.exceptions import RedisError
+
+from daemon import keys
+from daemon.errors import ProviderError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from daemon.settings import Account, Settings
+
+log = structlog.get_logger("genrelay.metrics")
+
+WORKER_METRICS_PORT_ENV = "GENRELAY_WORKER_METRICS_PORT"
+CALLBACK_OUTCOMES = ("applied", "duplicate", "rejected")
+DELIVERY_OUTCOMES = ("delivered", "retried", "gave_up")
+# A scrape must answer even when Redis is blackholed (the client has no read timeout); Prometheus's
+# default scrape timeout is 10 s, so 2 s leaves room for the rest of the answer.
+REDIS_READ_TIMEOUT_S = 2.0
+# Provider calls time out after 30 s (providers/base.py); most answer in tens of milliseconds.
+PROVIDER_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A poll is due every 5 s by default; lateness past the interval means the poller cannot keep up.
+POLL_LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# The 0.0.4 text format: every Prometheus version reads it, and our names need nothing newer.
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ProcessMetrics:
+    """The counters and histograms of one process, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.provider_requests = Counter(
+            "genrelay_provider_requests",
+            "Requests to provider APIs by answer status ('error': no answer, e.g. a timeout).",
+            ["provider", "method", "status"],
+            registry=self.registry,
+        )
+        self.provider_request_seconds = Histogram(
+            "genrelay_provider_request_duration_seconds",
+            "Time from sending a provider request to having read its answer.",
+            ["provider", "method"],
+            buckets=PROVIDER_REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.poll_lateness_seconds = Histogram(
+            "genrelay_poll_lateness_seconds",
+            "How long after its due time a status read was started.",
+            ["provider"],
+            buckets=POLL_LATENESS_BUCKETS,
+            registry=self.registry,
+        )
+        self.submit_outcomes = Counter(
+            "genrelay_submit_outcomes",
+            "Runs of the submit_job task by what came of them (submitted, cooldown, retry, failed, ...).",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.callbacks = Counter(
+            "genrelay_callbacks",
+            "Provider webhook callbacks received, by outcome (applied, duplicate, rejected).",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "genrelay_deliveries",
+            "Notifications POSTed to apps' replyUrl, by outcome (delivered, retried, gave_up).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+
+    def declare(self, providers: Iterable[str]) -> None:
+        """Create the series that should read 0 before their first event: ``rate()`` and alerts on
+        ``increase()`` need a starting sample, and a missing series looks like a broken exporter."""
+        for provider in providers:
+            for outcome in CALLBACK_OUTCOMES:
+                self.callbacks.labels(provider, outcome)
+        for outcome in DELIVERY_OUTCOMES:
+            self.deliveries.labels(outcome)
+
+    def observe_provider_request(self, provider: str, method: str, status: str, seconds: float) -> None:
+        self.provider_requests.labels(provider, method, status).inc()
+        self.provider_request_seconds.labels(provider, method).observe(seconds)
+
+    def observe_poll_lateness(self, provider: str, lateness_ms: int) -> None:
+        self.poll_lateness_seconds.labels(provider).observe(lateness_ms / 1000)
+
+
+METRICS = ProcessMetrics()
+
+
+class RequestJson(Protocol):
+    """The signature of :func:`daemon.providers.base.request_json`."""
+
+    def __call__(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        *,
+        account: Account,
+        classify: Any,
+        json_body: Any = None,
+    ) -> Awaitable[tuple[int, Any]]: ...
+
+
+def instrument_provider_requests(request_json: RequestJson) -> RequestJson:
+    """Count and time every provider request by the status it got; the status of an error answer
+    is read from the ``ProviderError`` it became, a request that got no answer counts as 'error'."""
+
+    @functools.wraps(request_json)
+    async def observed(
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        *,
+        account: Account,
+        classify: Any,
+        json_body: Any = None,
+    ) -> tuple[int, Any]:
+        started = time.perf_counter()
+        status = "error"
+        try:
+            answer = await request_json(
+                session, method, url, account=account, classify=classify, json_body=json_body
+            )
+            status = str(answer[0])
+            return answer
+        except ProviderError as exc:
+            status = str(exc.status) if exc.status is not None else "error"
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            METRICS.observe_provider_request(account.provider, method, status, elapsed)
+
+    return observed
+
+
+class SubmitTask(Protocol):
+    """The signature of ``workers.submit.submit_job``, with the ``__qualname__`` arq names tasks by."""
+
+    __qualname__: str
+
+    def __call__(self, ctx: dict[str, Any], job_id: str) -> Coroutine[Any, Any, str]: ...
+
+
+def count_submit_outcomes(task: SubmitTask) -> SubmitTask:
+    """Count each run of the submit task by the outcome it returned ('retry' when arq will run it
+    again, 'error' when it raised)."""
+
+    @functools.wraps(task)
+    async def counted(ctx: dict[str, Any], job_id: str) -> str:
+        outcome = "error"
+        try:
+            outcome = await task(ctx, job_id)
+            return outcome
+        except Retry:
+            outcome = "retry"
+            raise
+        finally:
+            METRICS.submit_outcomes.labels(keys.provider_of(job_id) or "unknown", outcome).inc()
+
+    return counted
+
+
+class RedisStateCollector:
+    """Gauges of the shared state, read from Redis in one pipeline by :meth:`read`.
+
+    ``collect()`` yields what the last ``read()`` found; :func:`render_web_metrics` builds one
+    collector per scrape and reads it just before rendering, so a scrape never mixes two reads.
+    Slots and leases are counted as ``SlotAllocator.capacity`` counts them (local clock, leases
+    whose expiry is now or later), so the dashboard and the metrics agree.
+    """
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.accounts = {p: [a.name for a in settings.accounts_for(p)] for p in settings.providers()}
+        self.families: list[Metric] = []
+
+    async def read(self) -> None:
+        redis_up = GaugeMetricFamily("genrelay_redis_up", "1 when Redis answered this scrape's read.")
+        try:
+            async with asyncio.timeout(REDIS_READ_TIMEOUT_S):
+                state = await self._read_pipeline(int(time.time() * 1000))
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("metrics: Redis did not answer", error=str(exc) or type(exc).__name__)
+            redis_up.add_metric([], 0)
+            self.families = [redis_up]
+            return
+        redis_up.add_metric([], 1)
+        self.families = [redis_up, *self._families(state)]
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+    async def _read_pipeline(self, now_ms: int) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for provider, accounts in self.accounts.items():
+                pk = keys.provider_keys(provider)
+                for state in keys.STATES:
+                    pipe.zcard(pk.state(state))
+                pipe.zcard(pk.waiting)
+                pipe.hgetall(pk.accounts)
+                pipe.hkeys(pk.disabled)
+                pipe.zrangebyscore(pk.cooldown, f"({now_ms}", "+inf")
+                for account in accounts:
+                    pipe.zcount(keys.lease_key(provider, account), now_ms, "+inf")
+            results: list[Any] = await pipe.execute()
+        return results
+
+    def _families(self, results: list[Any]) -> list[Metric]:
+        jobs = GaugeMetricFamily(
+            "genrelay_jobs", "Jobs kept in Redis, by state.", labels=["provider", "state"]
+        )
+        queue = GaugeMetricFamily(
+            "genrelay_queue_depth", "Jobs waiting for a free slot.", labels=["provider"]
+        )
+        per_account = ["provider", "account"]
+        busy = GaugeMetricFamily("genrelay_slots_busy", "Slots held by a live lease.", labels=per_account)
+        total = GaugeMetricFamily("genrelay_slots_total", "The account's maxJobs.", labels=per_account)
+        cooling = GaugeMetricFamily(
+            "genrelay_account_cooling_down", "1 while a 429 cools the account down.", labels=per_account
+        )
+        disabled = GaugeMetricFamily(
+            "genrelay_account_disabled",
+            "1 when the account is disabled (auth, credits, operator).",
+            labels=per_account,
+        )
+        rows = iter(results)
+        for provider, accounts in self.accounts.items():
+            for state in keys.STATES:
+                jobs.add_metric([provider, state], next(rows))
+            queue.add_metric([provider], next(rows))
+            max_jobs, disabled_names, cooling_names = next(rows), set(next(rows)), set(next(rows))
+            for account in accounts:
+                labels = [provider, account]
+                busy.add_metric(labels, next(rows))
+                total.add_metric(labels, int(max_jobs.get(account, 0)))
+                cooling.add_metric(labels, int(account in cooling_names))
+                disabled.add_metric(labels, int(account in disabled_names))
+        return [jobs, queue, busy, total, cooling, disabled]
+
+
+async def render_web_metrics(client: aioredis.Redis, settings: Settings) -> bytes:
+    """The web process's scrape: its own counters, then the gauges read from Redis right now."""
+    METRICS.declare(settings.providers())
+    state = RedisStateCollector(client, settings)
+    await state.read()
+    scrape = CollectorRegistry()
+    scrape.register(METRICS.registry)
+    scrape.register(state)
+    return generate_latest(scrape)
+
+
+def metrics_response(body: bytes) -> web.Response:
+    return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
+
+
+def start_worker_metrics(settings: Settings, stopping: asyncio.Event) -> list[asyncio.Task[None]]:
+    """Start serving this worker's counters when a port is configured, until ``stopping`` is set;
+    returns the serving task (none when off)."""
+    port = settings.worker_metrics_port
+    METRICS.declare(settings.providers())
+    if port is None:
+        return []
+    return [asyncio.create_task(serve_worker_metrics(settings.host, port, stopping))]
+
+
+async def serve_worker_metrics(host: str, port: int, stopping: asyncio.Event) -> None:
+    """Serve ``GET /metrics`` with this process's counters until ``stopping`` is set.
+
+    A port already taken (say ``genrelay run --workers 2`` with a fixed port) is logged and the
+    worker goes on without a metrics server: its jobs matter more than its numbers.
+    """
+    app = web.Application()
+    app.router.add_get("/metrics", _worker_metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            log.error(
+                "worker metrics not served: cannot listen; set a free port or 0 for any",
+                variable=WORKER_METRICS_PORT_ENV,
+                host=host,
+                port=port,
+                error=str(exc),
+            )
+            return
+        url = f"http://{host}:{runner.addresses[0][1]}/metrics"
+        log.info("worker metrics listening", url=url)
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+
+
+async def _worker_metrics(request: web.Request) -> web.Response:
+    return metrics_response(generate_latest(METRICS.registry))
