@@ -1,6 +1,7 @@
 """``make bench``: every benchmark, each reporting ratios against a baseline measured in its own run."""
 
-from bench import dispatch, slots
+from bench import callbacks, dispatch, slots
 
 slots.main()
 dispatch.main()
+callbacks.main()

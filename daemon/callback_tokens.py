@@ -10,6 +10,7 @@ previous secret stay valid while ``GENRELAY_SECRET_PREVIOUS`` holds it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from daemon import keys
 
 
+@functools.cache
 def key_id(secret: str) -> str:
     """A short, public name for a secret (it reveals nothing of it)."""
     return hashlib.sha256(b"genrelay-callback-key:" + secret.encode()).hexdigest()[:8]

@@ -40,21 +40,30 @@ class ProviderScope:
     retention_s: int
 
     def config(self, now_ms: int | None = None) -> bytes:
-        cfg: dict[str, Any] = {
-            "accounts": list(self.accounts),
-            "lease_ms": self.lease_ms,
-            "arq_prefix": keys.ARQ_JOB_PREFIX,
-            "arq_expiry_ms": ARQ_EXPIRY_MS,
-            "events_maxlen": EVENTS_MAXLEN,
-            "retention_s": self.retention_s,
-            "rand": random.randrange(1 << 30),
-        }
-        if now_ms is not None:
-            cfg["now_ms"] = now_ms
-        return orjson.dumps(cfg)
+        # Every script call sends this; only ``rand`` (and in tests ``now_ms``) changes, so the
+        # rest is serialized once.
+        tail = f',"now_ms":{now_ms}}}' if now_ms is not None else "}"
+        return b"".join((self._config_head(), str(random.randrange(1 << 30)).encode(), tail.encode()))
+
+    def _config_head(self) -> bytes:
+        head = _CONFIG_HEADS.get(self)
+        if head is None:
+            static: dict[str, Any] = {
+                "accounts": list(self.accounts),
+                "lease_ms": self.lease_ms,
+                "arq_prefix": keys.ARQ_JOB_PREFIX,
+                "arq_expiry_ms": ARQ_EXPIRY_MS,
+                "events_maxlen": EVENTS_MAXLEN,
+                "retention_s": self.retention_s,
+            }
+            head = _CONFIG_HEADS[self] = orjson.dumps(static)[:-1] + b',"rand":'
+        return head
 
     def keys_with(self, *job_keys: str) -> list[str]:
         return [*self.keys, *job_keys]
+
+
+_CONFIG_HEADS: dict[ProviderScope, bytes] = {}
 
 
 def build_scope(settings: Settings, provider: str) -> ProviderScope:
