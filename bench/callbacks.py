@@ -2,9 +2,10 @@
 
 Run: ``make bench`` or ``.venv/bin/python -m bench.callbacks``. Three servers, each its own process
 on loopback, get the same load for the same time from this process (an aiohttp client, a fixed
-number of connections): the genrelay web process (valid tokens, 30% duplicate callbacks, each
-one a real transition script), a bare aiohttp handler that parses the JSON, and that handler
-plus one trivial EVALSHA. Reported: callbacks/s as a ratio of each ceiling, and p99 latency.
+number of connections), taking turns for several rounds: the genrelay web process (valid
+tokens, 30% duplicate callbacks, each one a real transition script), a bare aiohttp handler that
+parses the JSON, and that handler plus one trivial EVALSHA. Reported: callbacks/s as a ratio of
+each ceiling, and p99 latency.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from daemon.jobs import JobRequest, State, Update
 from daemon.services import open_services
 from daemon.settings import Settings
 
-SECONDS = 5.0
+SECONDS = 4.0
+# The machine's speed drifts; the servers take turns, and each keeps its best round.
+ROUNDS = 3
 CONNECTIONS = 32
 JOBS = 500
 DUPLICATES = 0.3
@@ -126,21 +129,24 @@ async def run(redis_url: str, workdir: Path) -> dict[str, float]:
     }
     requests = await prepare(Settings.from_env(env), redis_url)
     results: dict[str, float] = {}
-    for name, args in (
+    servers = (
         ("bare", ["bench.baseline_server", "bare", redis_url]),
         ("evalsha", ["bench.baseline_server", "evalsha", redis_url]),
         ("genrelay", ["daemon", "web"]),
-    ):
-        process, base = await start(args, env)
-        try:
-            await load(base, requests[:2000])  # warm up
-            rate, p99, errors = await load(base, requests)
-        finally:
-            process.terminate()
-            await process.wait()
-        if errors:
-            raise RuntimeError(f"{name}: {errors} non-2xx answers")
-        results[f"{name}_rps"], results[f"{name}_p99"] = rate, p99
+    )
+    for _ in range(ROUNDS):
+        for name, args in servers:
+            process, base = await start(args, env)
+            try:
+                await load(base, requests[:2000])  # warm up
+                rate, p99, errors = await load(base, requests)
+            finally:
+                process.terminate()
+                await process.wait()
+            if errors:
+                raise RuntimeError(f"{name}: {errors} non-2xx answers")
+            if rate > results.get(f"{name}_rps", 0.0):
+                results[f"{name}_rps"], results[f"{name}_p99"] = rate, p99
     return results
 
 
@@ -153,7 +159,8 @@ def main() -> None:
         f"{r['genrelay_rps'] / r['evalsha_rps']:.2f} x the one-round-trip ceiling "
         f"({r['evalsha_rps']:.0f}/s, p99 {r['evalsha_p99']:.1f} ms), "
         f"{r['genrelay_rps'] / r['bare_rps']:.2f} x the bare handler ({r['bare_rps']:.0f}/s, "
-        f"p99 {r['bare_p99']:.1f} ms); {CONNECTIONS} connections, {SECONDS:g} s each, 30% duplicates"
+        f"p99 {r['bare_p99']:.1f} ms); {CONNECTIONS} connections, best of {ROUNDS} rounds of {SECONDS:g} s, "
+        "30% duplicates"
     )
 
 

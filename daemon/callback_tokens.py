@@ -29,6 +29,12 @@ def _mac(secret: str, provider: str, job_id: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+# Tokens that verified, so the many callbacks of one job cost one HMAC: (secrets, provider,
+# token) -> job id. Only valid tokens get in, so the cache is no oracle; bounded, oldest out first.
+_VERIFIED: dict[tuple[str, str | None, str, str], str] = {}
+VERIFIED_CACHE_SIZE = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class CallbackTokens:
     """Issues tokens with the current secret; accepts the current and the previous one."""
@@ -44,6 +50,10 @@ class CallbackTokens:
 
         Every candidate is compared with ``hmac.compare_digest``, so timing tells nothing.
         """
+        cache_key = (self.current, self.previous, provider, token)
+        known = _VERIFIED.get(cache_key)
+        if known is not None:
+            return known
         parts = token.split(".")
         if len(parts) != 3 or keys.provider_of(parts[0]) != provider:
             return None
@@ -52,4 +62,9 @@ class CallbackTokens:
         for secret in (self.current, self.previous):
             if secret is not None and hmac.compare_digest(kid, key_id(secret)):
                 valid = hmac.compare_digest(mac, _mac(secret, provider, job_id)) or valid
-        return job_id if valid else None
+        if not valid:
+            return None
+        if len(_VERIFIED) >= VERIFIED_CACHE_SIZE:
+            del _VERIFIED[next(iter(_VERIFIED))]
+        _VERIFIED[cache_key] = job_id
+        return job_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import fields
@@ -138,7 +139,14 @@ async def _missing_in_redis(services: Services) -> list[str]:
 class AccessLogger(AbstractAccessLogger):
     """One structured line per request; never the query string, never a callback token."""
 
+    @property
+    def enabled(self) -> bool:
+        # Skips building the line's fields when info is filtered out (GENRELAY_LOG_LEVEL=warning).
+        return bool(access_log.is_enabled_for(logging.INFO))
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.enabled:
+            return
         if request.path in _PROBE_PATHS and response.status < 400:
             return  # probes every few seconds would drown the log
         access_log.info(
