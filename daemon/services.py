@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass
 
@@ -30,10 +31,15 @@ class Services:
     secret: str
 
     def callback_tokens(self) -> CallbackTokens:
-        return CallbackTokens(self.secret, self.settings.secret_previous)
+        return _tokens(self.secret, self.settings.secret_previous)
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+@functools.cache
+def _tokens(current: str, previous: str | None) -> CallbackTokens:
+    return CallbackTokens(current, previous)
 
 
 async def open_services(

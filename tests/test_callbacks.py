@@ -228,8 +228,9 @@ async def test_the_same_completed_callback_ten_times_at_once_ends_the_job_once(d
     body = status_body(job_id, "completed", 100)
     answers = await asyncio.gather(*(client.post(url(services, job_id), json=body) for _ in range(10)))
     assert [a.status for a in answers] == [200] * 10
-    outcomes = sorted([(await a.json())["outcome"] for a in answers])
-    assert outcomes == ["applied"] + ["terminal"] * 9
+    outcomes = [(await a.json())["outcome"] for a in answers]
+    assert outcomes.count("applied") == 1
+    assert set(outcomes) - {"applied"} <= {"terminal", "duplicate"}
     events = await services.client.xrange(keys.events_key("ltxstudio"))
     assert [f["state"] for _, f in events if f["job"] == job_id].count("completed") == 1
     assert [f["state"] for _, f in events if f["job"] == waiting].count("dispatched") == 1

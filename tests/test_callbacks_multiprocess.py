@@ -59,7 +59,11 @@ async def test_ten_identical_callbacks_across_two_web_processes_apply_once(
                 return resp.status, (await resp.json())["outcome"]
 
         answers = await asyncio.gather(*(send(n) for n in range(10)))
-    assert sorted(answers) == [(200, "applied")] + [(200, "terminal")] * 9
+    assert [status for status, _ in answers] == [200] * 10
+    outcomes = [outcome for _, outcome in answers]
+    # The others found the job ended, or (a repeat of what this process just applied) were answered
+    # without touching Redis.
+    assert outcomes.count("applied") == 1 and set(outcomes) - {"applied"} <= {"terminal", "duplicate"}
     events = [f for _, f in await redis_client.xrange(keys.events_key("ltxstudio"))]
     assert [f["state"] for f in events if f["job"] == job_id].count("completed") == 1
     assert [f["state"] for f in events if f["job"] == waiting].count("dispatched") == 1

@@ -40,7 +40,7 @@ class Provider(Protocol):
 class WebhookProvider(Provider, Protocol):
     """A provider that calls ``replyUrl`` back."""
 
-    def parse_callback(self, body: Mapping[str, Any]) -> tuple[str | None, Update]:
+    def parse_callback(self, body: Mapping[str, Any], *, confirm: bool = False) -> tuple[str | None, Update]:
         """Our job id (the ``replyRef`` echoed back, when present) and what the callback reports."""
         ...
 

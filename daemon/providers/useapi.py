@@ -43,8 +43,9 @@ def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
     raise ProviderError(text, action=action, status=status, retry_after=retry_after_seconds(headers))
 
 
-def parse_status(body: Mapping[str, Any]) -> Update:
-    """The useapi status model (``GET assets/{jobId}`` and the callback body) as an update."""
+def parse_status(body: Mapping[str, Any], *, confirm: bool = False) -> Update:
+    """The useapi status model (``GET assets/{jobId}`` and the callback body) as an update;
+    ``confirm`` marks it as a callback's hint (see ``lua/transition.lua``)."""
     raw_status = body.get("status")
     status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
     kind = status.get("type")
@@ -60,6 +61,7 @@ def parse_status(body: Mapping[str, Any]) -> Update:
             message=message or "completed",
             artifact=artifact,
             provider_job_id=provider_job_id,
+            confirm=confirm,
         )
     if kind == "failed":
         return Update(
@@ -67,6 +69,7 @@ def parse_status(body: Mapping[str, Any]) -> Update:
             message=f"failed: {message or 'no message'}",
             error_type="failed",
             provider_job_id=provider_job_id,
+            confirm=confirm,
         )
     return Update(State.ACTIVE, progress=progress, message=message, provider_job_id=provider_job_id)
 
@@ -133,7 +136,7 @@ class UseapiProvider:
             raise
         return parse_status(body if isinstance(body, dict) else {})
 
-    def parse_callback(self, body: Mapping[str, Any]) -> tuple[str | None, Update]:
+    def parse_callback(self, body: Mapping[str, Any], *, confirm: bool = False) -> tuple[str | None, Update]:
         """(our job id from ``replyRef``, the update) from a callback body; ``InvalidRequest`` when
         the body is not the status model."""
         ref = body.get("replyRef")
@@ -145,4 +148,4 @@ class UseapiProvider:
             raise InvalidRequest("'status.progress' must be a number")
         if "jobId" in body and not isinstance(body["jobId"], str):
             raise InvalidRequest("'jobId' must be a string")
-        return (ref if isinstance(ref, str) and ref else None), parse_status(body)
+        return (ref if isinstance(ref, str) and ref else None), parse_status(body, confirm=confirm)

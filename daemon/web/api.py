@@ -84,6 +84,11 @@ async def scheduler_available(request: web.Request) -> web.Response:
 
 async def read_json(request: web.Request) -> Any:
     """The decoded JSON body; 415 unless it is declared JSON, 413 over the cap, 400 if malformed."""
+    return (await read_json_with_bytes(request))[1]
+
+
+async def read_json_with_bytes(request: web.Request) -> tuple[bytes, Any]:
+    """``read_json``, also returning the raw body."""
     if request.content_type != "application/json":
         declared = request.headers.get(hdrs.CONTENT_TYPE)
         got = f"got {declared!r}" if declared else "no Content-Type was sent"
@@ -99,7 +104,7 @@ async def read_json(request: web.Request) -> Any:
             text=f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s"
         ) from None
     try:
-        return orjson.loads(body)
+        return body, orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON: {exc}") from None
 

@@ -9,14 +9,15 @@ provider's own answer decides. Everything a callback changes happens in one scri
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+import time
 
 import structlog
 from aiohttp import web
 
 from daemon.errors import InvalidRequest, NotFound, PayloadTooLarge
 from daemon.providers import webhook_provider
-from daemon.web.api import SERVICES, read_json
+from daemon.web.api import SERVICES, read_json_with_bytes
 from daemon.web.errors import json_response
 
 log = structlog.get_logger("genrelay.callbacks")
@@ -25,6 +26,23 @@ routes = web.RouteTableDef()
 
 # One message for every token problem, so the answer is no oracle for which part was wrong.
 BAD_TOKEN = "unknown callback URL: the token is not valid for this provider"
+# Providers repeat callbacks. A byte-identical repeat of one this process applied in the last
+# REPEAT_WINDOW_S seconds changes nothing (the job already moved, or did not), so it is answered
+# without Redis. Entries are added only after the script ran, so nothing is skipped on a failure.
+REPEAT_WINDOW_S = 30.0
+REPEAT_CACHE_SIZE = 50_000
+_recent: dict[bytes, float] = {}
+
+
+def _seen_recently(fingerprint: bytes, now: float) -> bool:
+    expiry = _recent.get(fingerprint)
+    return expiry is not None and expiry > now
+
+
+def _remember(fingerprint: bytes, now: float) -> None:
+    if len(_recent) >= REPEAT_CACHE_SIZE:
+        del _recent[next(iter(_recent))]
+    _recent[fingerprint] = now + REPEAT_WINDOW_S
 
 
 @routes.post("/callbacks/{provider}/{token}")
@@ -32,24 +50,28 @@ async def receive_callback(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     provider = request.match_info["provider"]
     adapter = webhook_provider(provider)
-    if adapter is None or provider not in services.settings.providers():
+    if adapter is None or provider not in services.slots.scopes:
         raise NotFound(f"unknown provider {provider!r} in the callback URL")
     if request.content_length is not None and request.content_length > request.client_max_size:
         raise PayloadTooLarge(f"callback body is larger than {request.client_max_size} bytes")
     job_id = services.callback_tokens().verify(provider, request.match_info["token"])
     if job_id is None:
         raise NotFound(BAD_TOKEN)
-    body = await read_json(request)
+    raw, body = await read_json_with_bytes(request)
+    fingerprint = hashlib.blake2b(request.match_info["token"].encode() + b"\0" + raw, digest_size=16).digest()
+    now = time.monotonic()
+    if _seen_recently(fingerprint, now):
+        return json_response({"received": True, "outcome": "duplicate"})
     if not isinstance(body, dict):
         raise InvalidRequest("the callback body must be a JSON object")
-    reply_ref, update = adapter.parse_callback(body)
+    reply_ref, update = adapter.parse_callback(body, confirm=services.settings.callback_confirm)
     if reply_ref is None:
         raise InvalidRequest("'replyRef' is missing: genrelay finds the job by it")
     if reply_ref != job_id:
         raise NotFound(BAD_TOKEN)
-    update = dataclasses.replace(update, confirm=services.settings.callback_confirm)
     poll_ms = int(services.settings.poll_interval * 1000)
     outcome = await services.store.apply(job_id, update, source="callback", poll_in_ms=poll_ms)
+    _remember(fingerprint, now)
     log.info("callback", job_id=job_id, provider=provider, state=update.state.value, outcome=outcome)
     # After the job's retention its record is gone: a late callback is a 2xx no-op, so the
     # provider stops retrying, and nothing is recreated.
