@@ -105,9 +105,10 @@ end
 -- enqueues one delivery task. The arq id names the record's sequence number, so a delivery is
 -- enqueued once per transition however often the script is retried.
 local function notify_app(job, terminal)
-  if (redis.call('HGET', JOB_KEY, 'reply_url') or '') == '' then return end
-  if not terminal and redis.call('HGET', JOB_KEY, 'notify_progress') ~= '1' then return end
-  local seq = redis.call('HGET', JOB_KEY, 'seq') or '0'
+  local f = redis.call('HMGET', JOB_KEY, 'reply_url', 'notify_progress', 'seq')
+  if (f[1] or '') == '' then return end
+  if not terminal and f[2] ~= '1' then return end
+  local seq = f[3] or '0'
   local arq_id = 'deliver:' .. job .. ':' .. seq
   local payload = '{"t":null,"f":"deliver_job","a":[' .. cjson.encode(job) .. ',' .. seq .. '],"k":{},"et":' .. NOW .. '}'
   redis.call('SET', cfg.arq_prefix .. arq_id, payload, 'PX', cfg.arq_expiry_ms)
@@ -149,7 +150,17 @@ local function handoff()
   end
 end
 
-local function renew(job)
+-- Extend the job's lease; ``account`` (the job's record says which) saves looking in every
+-- account's lease set. ZADD XX never creates a lease that is not there.
+local function renew(job, account)
+  if account and account ~= '' then
+    for i = 1, N do
+      if cfg.accounts[i] == account then
+        redis.call('ZADD', lease_key(i), 'XX', NOW + cfg.lease_ms, job)
+        return i
+      end
+    end
+  end
   local i = lease_of(job)
   if i then redis.call('ZADD', lease_key(i), 'XX', NOW + cfg.lease_ms, job) end
   return i
@@ -165,7 +176,7 @@ local function release(job)
 end
 
 local function move_state_index(job, old, new)
-  if old and K_STATE[old] then redis.call('ZREM', KEYS[K_STATE[old]], job) end
+  if old and old ~= new and K_STATE[old] then redis.call('ZREM', KEYS[K_STATE[old]], job) end
   redis.call('ZADD', KEYS[K_STATE[new]], NOW, job)
 end
 

@@ -18,16 +18,19 @@
 -- Returns {outcome, state[, account]}: outcome is applied | duplicate | stale | terminal |
 -- no_artifact | confirming | missing.
 
-local job = redis.call('HGET', JOB_KEY, 'id')
+-- One read of everything the decision needs (this script runs on every poll result and callback).
+local rec = redis.call('HMGET', JOB_KEY, 'id', 'state', 'poll_ms', 'progress', 'account', 'provider_job_id')
+local job = rec[1]
 if not job then return {'missing', ''} end
-local cur = redis.call('HGET', JOB_KEY, 'state')
+local cur = rec[2]
+local account = rec[5] or ''
 local u = cjson.decode(ARGV[2])
 local new = u.state
 local poll_ms = tonumber(ARGV[3])
 local source = ARGV[4]
 if RANK[new] == nil then return redis.error_reply('unknown state ' .. tostring(new)) end
 if RANK[cur] == 3 then return {'terminal', cur} end
-local job_poll_ms = tonumber(redis.call('HGET', JOB_KEY, 'poll_ms') or '')
+local job_poll_ms = tonumber(rec[3] or '')
 if job_poll_ms and poll_ms > 0 then poll_ms = job_poll_ms end
 local confirming = false
 if u.confirm and RANK[new] == 3 then
@@ -40,7 +43,7 @@ end
 
 local function sign_of_life()
   if cur == 'active' then
-    renew(job)
+    renew(job, account)
     if confirming then
       schedule_poll(job, 0)
     elseif poll_ms > 0 then
@@ -52,7 +55,7 @@ end
 if new == 'completed' and (u.artifact == nil or u.artifact == '') then
   -- Poll again soon (ARGV's interval, not a slow safety poll): the artifact usually follows.
   if cur == 'active' then
-    renew(job)
+    renew(job, account)
     schedule_poll(job, tonumber(ARGV[3]) > 0 and tonumber(ARGV[3]) or 1000)
   end
   return {'no_artifact', cur}
@@ -61,7 +64,7 @@ if RANK[new] < RANK[cur] then
   sign_of_life()
   return {'stale', cur}
 end
-local cur_progress = tonumber(redis.call('HGET', JOB_KEY, 'progress') or 0)
+local cur_progress = tonumber(rec[4] or 0)
 local progress = cur_progress
 if u.progress ~= nil then progress = math.max(0, math.min(100, math.floor(tonumber(u.progress)))) end
 if new == cur and (new ~= 'active' or progress <= cur_progress) then
@@ -70,7 +73,7 @@ if new == cur and (new ~= 'active' or progress <= cur_progress) then
   if type(u.fields) == 'table' then
     for k, v in pairs(u.fields) do redis.call('HSET', JOB_KEY, k, v) end
   end
-  if u.provider_job_id and u.provider_job_id ~= cjson.null and not redis.call('HGET', JOB_KEY, 'provider_job_id') then
+  if u.provider_job_id and u.provider_job_id ~= cjson.null and not rec[6] then
     redis.call('HSET', JOB_KEY, 'provider_job_id', u.provider_job_id)
   end
   sign_of_life()
@@ -89,7 +92,6 @@ put('provider_job_id', u.provider_job_id)
 put('error_type', u.error_type)
 if type(u.fields) == 'table' then for k, v in pairs(u.fields) do put(k, v) end end
 if new == 'active' and cur ~= 'active' then put('started_ms', NOW) end
-local account = redis.call('HGET', JOB_KEY, 'account') or ''
 if RANK[new] == 3 then
   put('finished_ms', NOW)
   put('ended_by', source)
@@ -107,7 +109,7 @@ if RANK[new] == 3 then
   handoff()
 else
   if new == 'active' then
-    renew(job)
+    renew(job, account)
     if confirming then
       schedule_poll(job, 0)
     elseif poll_ms > 0 then
