@@ -101,7 +101,35 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.add_argument("name", nargs="?", help="account name (for enable / disable)")
     accounts.add_argument("--provider", help="only this provider (needed when names repeat across providers)")
     accounts.set_defaults(command=cmd_accounts)
+    add_deliveries_parser(sub)
     return parser
+
+
+def add_deliveries_parser(sub: Any) -> None:
+    """``genrelay deliveries [list | replay | secret]``: one action parser each, so each has --help."""
+    deliveries = sub.add_parser(
+        "deliveries",
+        help="deliveries to apps' replyUrl that gave up (dead letters); replay them; the signing secret",
+        description="Without an action: list the dead letters (deliveries that used up their tries, or "
+        "whose URL was refused) as a table.",
+    )
+    deliveries.set_defaults(command=cmd_deliveries, action="list", job_id=None, all=False)
+    actions = deliveries.add_subparsers(title="actions", metavar="ACTION")
+    actions.add_parser("list", help="the dead letters as a table (the default)").set_defaults(action="list")
+    replay = actions.add_parser(
+        "replay",
+        help="enqueue dead deliveries again (fresh tries) and remove them from the dead letters",
+    )
+    replay.add_argument("job_id", nargs="?", help="replay this job's dead deliveries")
+    replay.add_argument("--all", action="store_true", help="replay every dead delivery")
+    replay.set_defaults(action="replay")
+    secret = actions.add_parser(
+        "secret",
+        help="print the whsec_ secret apps verify webhook-signature with (Standard Webhooks)",
+        description="GENRELAY_DELIVERY_SECRET when set, else the key derived from GENRELAY_SECRET (or "
+        "from the secret generated into Redis, which is then read from the running genrelay's Redis).",
+    )
+    secret.set_defaults(action="secret")
 
 
 def load_settings(*, require_accounts: bool = True) -> Settings:
@@ -248,6 +276,16 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     return asyncio.run(
         run_accounts(settings, existing_redis(settings), args.action, args.name, args.provider)
     )
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from daemon.deliveries import run_deliveries, show_secret
+
+    settings = load_settings(require_accounts=False)
+    if args.action == "secret":
+        print(asyncio.run(show_secret(settings, lambda: existing_redis(settings))))
+        return 0
+    return asyncio.run(run_deliveries(existing_redis(settings), args.action, args.job_id, args.all))
 
 
 async def with_client(url: str, work: Callable[[Any], Any]) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from daemon.errors import InvalidRequest
+from daemon.url_guard import url_problem
 
 MAX_REF_LENGTH = 1024  # providers cap replyRef/replyUrl at 1024 characters
 MAX_PARAMS_BYTES = 64 * 1024  # a generation request is a prompt and a few URLs, not a payload
@@ -88,8 +89,9 @@ class JobRequest:
         if not isinstance(notify_progress, bool):
             raise InvalidRequest("'notifyProgress' must be true or false")
         reply_url = _optional_str(body, "replyUrl")
-        if reply_url is not None and not reply_url.startswith(("http://", "https://")):
-            raise InvalidRequest("'replyUrl' must be an http(s) URL")
+        problem = url_problem(reply_url) if reply_url is not None else None
+        if problem is not None:
+            raise InvalidRequest(f"'replyUrl' cannot be used: {problem}")
         return cls(
             provider=_required_str(body, "provider"),
             operation=_required_str(body, "operation"),

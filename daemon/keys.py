@@ -20,6 +20,11 @@ ARQ_QUEUE = f"{PREFIX}:queue"
 ARQ_JOB_PREFIX = "arq:job:"
 # Generated once when GENRELAY_SECRET is unset, so every process signs with the same key.
 SECRET = f"{PREFIX}:secret"
+# hash  "<job id>:<seq>" -> JSON dead letter: deliveries to an app's replyUrl that gave up. No TTL: an
+# operator replays (`genrelay deliveries replay`) or reads them; nothing else removes them.
+DELIVERIES_DEAD = f"{PREFIX}:deliveries:dead"
+# A delivery's try counter, refreshed at every attempt, outlives the longest wait between two attempts.
+DELIVERY_TRIES_TTL_S = 2 * 86_400
 
 JOB_ID_PATTERN = re.compile(r"^(?P<provider>[a-z][a-z0-9]*)-(?P<token>[0-9a-f]{32})$")
 
@@ -99,6 +104,11 @@ def provider_keys(provider: str) -> ProviderKeys:
         index=f"{base}:jobs",
         states=tuple(f"{base}:state:{state}" for state in STATES),
     )
+
+
+def delivery_tries_key(job_id: str, seq: int) -> str:
+    """Counter of the attempts at one delivery (a job's transition ``seq``) to the app's replyUrl."""
+    return f"{job_key(job_id)}:delivery:{seq}:tries"
 
 
 def lease_key(provider: str, account: str) -> str:

@@ -13,6 +13,9 @@ the signing secret) never appear in a ``repr`` or in an error message.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import math
 import os
 import re
@@ -110,6 +113,10 @@ class Settings:
     callback_confirm: bool
     worker_metrics_port: int | None
     safety_poll_interval: float
+    delivery_secret: str | None = field(repr=False)
+    delivery_max_tries: int
+    delivery_timeout: float
+    delivery_allow_private: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_level: str
     log_format: str
 
@@ -183,6 +190,12 @@ class Settings:
             ),
             # Jobs that get callbacks are still polled this often (doubling up to 16x), in case one is lost.
             safety_poll_interval=reader.number("SAFETY_POLL_INTERVAL", 60.0),
+            # Telling the app (POST to its replyUrl): signing secret, attempts before a dead letter, and
+            # seconds per attempt (redirects included). Unset secret: derived from GENRELAY_SECRET.
+            delivery_secret=_delivery_secret(reader),
+            delivery_max_tries=reader.integer("DELIVERY_MAX_TRIES", 8, low=1),
+            delivery_timeout=reader.number("DELIVERY_TIMEOUT", 10.0),
+            delivery_allow_private=_delivery_allow_private(reader),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("LOG_FORMAT", "auto", LOG_FORMATS),
         )
@@ -213,7 +226,7 @@ class Settings:
         """
         values = [account.api_key for account in self.accounts]
         values.extend(self.api_tokens)
-        values.extend(value for value in (self.secret, self.secret_previous) if value)
+        values.extend(value for value in (self.secret, self.secret_previous, self.delivery_secret) if value)
         password = urlsplit(self.redis_url).password if self.redis_url else None
         if password:
             # Logs may show the password as written in the URL or percent-decoded, as redis-py uses it.
@@ -334,6 +347,44 @@ def _public_url(reader: _EnvReader) -> str | None:
     if problem is not None:
         raise SettingsError(f"GENRELAY_PUBLIC_URL has value {raw!r}: {problem}")
     return raw.rstrip("/")
+
+
+def _delivery_secret(reader: _EnvReader) -> str | None:
+    """A Standard Webhooks secret: ``whsec_`` and base64 of 24 to 64 random bytes. The value is never
+    quoted in the error: it is a secret."""
+    raw = reader.text("DELIVERY_SECRET")
+    if raw is None:
+        return None
+    try:
+        key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not raw.startswith("whsec_") or not 24 <= len(key) <= 64:
+        raise SettingsError(
+            "GENRELAY_DELIVERY_SECRET must be 'whsec_' followed by base64 of 24 to 64 bytes "
+            '(make one with: echo "whsec_$(openssl rand -base64 32)")'
+        )
+    return raw
+
+
+def _delivery_allow_private(reader: _EnvReader) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Networks an app's replyUrl may point into although they are not public: ``1`` for all of them
+    (tests, trusted networks), or a comma-separated list such as ``10.8.0.0/16,fd00::/8``."""
+    raw = reader.text("DELIVERY_ALLOW_PRIVATE")
+    if raw is None or raw.lower() in ("0", "false", "no", "off"):
+        return ()
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return (ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("::/0"))
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"GENRELAY_DELIVERY_ALLOW_PRIVATE has value {raw!r}: {item!r} is not a network; "
+                "use 1, 0 or networks like 10.8.0.0/16,fd00::/8"
+            ) from None
+    return tuple(networks)
 
 
 def _api_tokens(reader: _EnvReader) -> tuple[str, ...]:

@@ -220,7 +220,8 @@ async def test_scheduler_available_mirrors_every_account(api: Client) -> None:
         ({**JOB, "operation": "paint"}, "unknown operation 'paint' for ltx"),
         ({**JOB, "account": "zz"}, "no ltx account named 'zz'"),
         ({"operation": "text-to-video"}, "'provider' is required"),
-        ({**JOB, "replyUrl": "ftp://example.com/x"}, "'replyUrl' must be an http(s) URL"),
+        ({**JOB, "replyUrl": "ftp://example.com/x"}, "'replyUrl' cannot be used: only http:// and https://"),
+        ({**JOB, "replyUrl": "https://user:pw@example.com/x"}, "'replyUrl' cannot be used"),
     ],
 )
 async def test_an_invalid_job_request_gets_400_and_writes_nothing(

@@ -12,10 +12,12 @@ from arq import Worker, func
 from arq.connections import RedisSettings
 
 from daemon import keys
+from daemon.deliveries import signing_secret
 from daemon.metrics import start_worker_metrics
 from daemon.services import open_services
 from daemon.settings import Settings
 from workers.accept import accept_job
+from workers.deliver import DELIVERY_SENDER, DeliverySender, deliver_job
 from workers.maintenance import sweep_forever
 from workers.poll import poll_forever
 from workers.runtime import RUNTIME, WorkerRuntime, provider_session
@@ -47,6 +49,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         runtime.tasks.append(asyncio.create_task(sweep_forever(runtime)))
         runtime.tasks.extend(start_worker_metrics(settings, runtime.stopping))
         ctx[RUNTIME] = runtime
+        ctx[DELIVERY_SENDER] = DeliverySender.open(settings, signing_secret(settings, services.secret))
         log.info(
             "worker started", providers=list(settings.providers()), concurrency=settings.worker_concurrency
         )
@@ -56,6 +59,9 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         if runtime is not None:
             # Pollers finish their in-flight status reads and record them; claims are not left behind.
             await runtime.close(grace=min(settings.shutdown_grace, 10.0))
+        sender: DeliverySender | None = ctx.pop(DELIVERY_SENDER, None)
+        if sender is not None:
+            await sender.close()
         log.info("worker stopped")
 
     return Worker(
@@ -64,6 +70,13 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             func(submit_job, name="submit_job", max_tries=settings.submit_max_tries + 5),
             func(accept_job, name="accept_job", max_tries=5),
             func(dispatch_waiting, name="dispatch_waiting", max_tries=3),
+            # Tries are counted in Redis (workers/deliver.py); the timeout lets ours fire first.
+            func(
+                deliver_job,
+                name="deliver_job",
+                max_tries=settings.delivery_max_tries + 5,
+                timeout=settings.delivery_timeout + 5,
+            ),
         ],
         queue_name=keys.ARQ_QUEUE,
         redis_settings=RedisSettings.from_dsn(redis_url),

@@ -1,0 +1,266 @@
+"""Telling the app: what the worker and the CLI share about deliveries to an app's replyUrl.
+
+A job whose request carried ``replyUrl`` gets one delivery per terminal transition (and per progress
+step when it asked for ``notifyProgress``): ``lua/lib.lua`` enqueues the arq task ``deliver_job`` with
+args ``[job_id, seq]`` and arq id ``deliver:<job_id>:<seq>`` in the transition's own script, and
+``workers/deliver.py`` sends it. This module holds:
+
+* signing, the Standard Webhooks way (https://www.standardwebhooks.com/): ``webhook-id``,
+  ``webhook-timestamp`` and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
+  ``"{id}.{timestamp}.{body}"``, with a ``whsec_`` secret;
+* the try counter of one delivery, and the dead letters of deliveries that gave up;
+* replaying dead letters, and the ``genrelay deliveries`` command (list, ``replay``, ``secret``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import orjson
+import redis.asyncio as aioredis
+from yarl import URL
+
+from daemon import keys
+from daemon.errors import InvalidRequest, NotFound
+from daemon.redis import connect
+from daemon.services import shared_secret
+from daemon.settings import Settings
+from daemon.slots import ARQ_EXPIRY_MS
+
+SECRET_PREFIX = "whsec_"
+# Domain separation: the delivery key derived from GENRELAY_SECRET can never equal a key that secret
+# signs anything else with (callback tokens). Changing this string changes every app's secret.
+DERIVATION_LABEL = b"genrelay webhook delivery signing key v1"
+DELIVER_TASK = "deliver_job"
+
+
+def derive_secret(shared_secret: str) -> str:
+    """The ``whsec_`` secret every process derives from the shared secret (GENRELAY_SECRET, or the one
+    generated into Redis), so no extra value has to be stored or distributed."""
+    key = hmac.new(shared_secret.encode(), DERIVATION_LABEL, hashlib.sha256).digest()
+    return SECRET_PREFIX + base64.b64encode(key).decode()
+
+
+def signing_secret(settings: Settings, shared_secret: str) -> str:
+    """GENRELAY_DELIVERY_SECRET when set, else :func:`derive_secret`; what ``genrelay deliveries secret``
+    prints for the app to verify with."""
+    return settings.delivery_secret or derive_secret(shared_secret)
+
+
+def message_id(job_id: str, seq: int) -> str:
+    """``webhook-id``: the same for every attempt at one transition, so the app can drop duplicates."""
+    return f"msg_{job_id}_{seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """Signs delivery bodies with one ``whsec_`` secret."""
+
+    key: bytes
+
+    @classmethod
+    def from_secret(cls, secret: str) -> Signer:
+        return cls(base64.b64decode(secret.removeprefix(SECRET_PREFIX)))
+
+    def signature(self, msg_id: str, timestamp: int, body: bytes) -> str:
+        signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
+        return "v1," + base64.b64encode(hmac.new(self.key, signed, hashlib.sha256).digest()).decode()
+
+    def headers(self, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+        """The three Standard Webhooks headers; the timestamp is the attempt's, so a retry is fresh."""
+        when = int(time.time()) if timestamp is None else timestamp
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(when),
+            "webhook-signature": self.signature(msg_id, when, body),
+        }
+
+
+# --- try counter ----------------------------------------------------------------------------------------
+
+
+async def count_try(client: aioredis.Redis, job_id: str, seq: int) -> int:
+    """Record one more attempt at a delivery and return how many there have been.
+
+    Counted by us rather than by arq's ``job_try``, which also counts a worker's shutdown cancelling a
+    task (arq #267): only a request that was really started uses up one of the app's tries.
+    """
+    key = keys.delivery_tries_key(job_id, seq)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, keys.DELIVERY_TRIES_TTL_S)
+        tries, _ = await pipe.execute()
+    return int(tries)
+
+
+async def forget_tries(client: aioredis.Redis, job_id: str, seq: int) -> None:
+    await client.delete(keys.delivery_tries_key(job_id, seq))
+
+
+# --- dead letters ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A delivery that gave up: the last try failed, or the URL was refused (no retry then)."""
+
+    job_id: str
+    seq: int
+    url: str
+    status: int | None  # the app's last HTTP status; None when no answer came (network, refused)
+    error: str
+    tries: int
+    failed_ms: int
+
+    @property
+    def field(self) -> str:
+        return dead_letter_field(self.job_id, self.seq)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> DeadLetter:
+        return cls(**orjson.loads(raw))
+
+
+def dead_letter_field(job_id: str, seq: int) -> str:
+    return f"{job_id}:{seq}"
+
+
+async def add_dead_letter(client: aioredis.Redis, letter: DeadLetter) -> None:
+    """Keep the dead letter (replacing an older one of the same delivery) and drop its try counter."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.DELIVERIES_DEAD, letter.field, letter.to_json())
+        pipe.delete(keys.delivery_tries_key(letter.job_id, letter.seq))
+        await pipe.execute()
+
+
+async def dead_letters(client: aioredis.Redis, job_id: str | None = None) -> list[DeadLetter]:
+    """Every dead letter (or those of one job), oldest failure first."""
+    raw: dict[str, str] = await client.hgetall(keys.DELIVERIES_DEAD)
+    letters = [DeadLetter.from_json(value) for value in raw.values()]
+    if job_id is not None:
+        letters = [letter for letter in letters if letter.job_id == job_id]
+    return sorted(letters, key=lambda letter: (letter.failed_ms, letter.job_id, letter.seq))
+
+
+def deliver_payload(job_id: str, seq: int, now_ms: int) -> bytes:
+    """The arq job ``deliver_job(job_id, seq)``, exactly as ``notify_app`` in ``lua/lib.lua`` writes it."""
+    return orjson.dumps({"t": None, "f": DELIVER_TASK, "a": [job_id, seq], "k": {}, "et": now_ms})
+
+
+async def replay(client: aioredis.Redis, letters: Iterable[DeadLetter]) -> int:
+    """Enqueue each delivery again with a fresh set of tries and remove its dead letter; returns how
+    many were replayed.
+
+    Each one is one MULTI: the arq job (same id as the original, ``deliver:<job>:<seq>``, so the app
+    sees the same ``webhook-id``), its queue entry, the reset counter and the removed dead letter land
+    together. ``NX`` makes a replay of a delivery that is already queued change nothing.
+    """
+    count = 0
+    for letter in letters:
+        arq_id = f"deliver:{letter.job_id}:{letter.seq}"
+        now_ms = int(time.time() * 1000)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.set(
+                keys.ARQ_JOB_PREFIX + arq_id,
+                deliver_payload(letter.job_id, letter.seq, now_ms),
+                px=ARQ_EXPIRY_MS,
+                nx=True,
+            )
+            pipe.zadd(keys.ARQ_QUEUE, {arq_id: now_ms}, nx=True)
+            pipe.delete(keys.delivery_tries_key(letter.job_id, letter.seq))
+            pipe.hdel(keys.DELIVERIES_DEAD, letter.field)
+            await pipe.execute()
+        count += 1
+    return count
+
+
+# --- `genrelay deliveries` ------------------------------------------------------------------------------
+
+COLUMNS = ("failed", "job", "seq", "tries", "status", "error", "url")
+
+
+def shown_url(url: str) -> str:
+    """The URL without credentials, query or fragment: a table is read by people and pasted into
+    tickets, and an app's capability token often sits in the query string."""
+    try:
+        parsed = URL(url)
+        return str(parsed.with_user(None).with_query(None).with_fragment(None))
+    except (ValueError, TypeError):
+        return "<not a valid URL>"
+
+
+def dead_letter_rows(letters: Iterable[DeadLetter]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for letter in letters:
+        failed = datetime.fromtimestamp(letter.failed_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        status = "-" if letter.status is None else str(letter.status)
+        rows.append(
+            (
+                failed,
+                letter.job_id,
+                str(letter.seq),
+                str(letter.tries),
+                status,
+                letter.error,
+                shown_url(letter.url),
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    table = [COLUMNS, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    )
+
+
+async def show_secret(settings: Settings, redis_url: Callable[[], str]) -> str:
+    """The ``whsec_`` secret apps verify with. Redis is only asked (``redis_url`` only called) when
+    neither GENRELAY_DELIVERY_SECRET nor GENRELAY_SECRET is set, i.e. the secret was generated there."""
+    if settings.delivery_secret or settings.secret:
+        return signing_secret(settings, settings.secret or "")
+    client = await connect(redis_url())
+    try:
+        return signing_secret(settings, await shared_secret(client))
+    finally:
+        await client.aclose()
+
+
+async def run_deliveries(redis_url: str, action: str, job_id: str | None, replay_all: bool) -> int:
+    """``genrelay deliveries`` (``list``) and ``genrelay deliveries replay [JOB_ID | --all]``."""
+    client = await connect(redis_url)
+    try:
+        if action == "replay":
+            return await _replay_command(client, job_id, replay_all)
+        letters = await dead_letters(client)
+        if not letters:
+            print("no dead deliveries", file=sys.stderr)
+            return 0
+        print(format_table(dead_letter_rows(letters)))
+        return 0
+    finally:
+        await client.aclose()
+
+
+async def _replay_command(client: aioredis.Redis, job_id: str | None, replay_all: bool) -> int:
+    if replay_all == (job_id is not None):
+        raise InvalidRequest("`genrelay deliveries replay` needs a JOB_ID or --all (not both)")
+    letters = await dead_letters(client, job_id)
+    if job_id is not None and not letters:
+        raise NotFound(f"no dead delivery for job {job_id!r} (see `genrelay deliveries`)")
+    count = await replay(client, letters)
+    print(f"{count} delivery(ies) enqueued again", file=sys.stderr)
+    return 0
