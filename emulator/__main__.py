@@ -7,7 +7,8 @@ from emulator.cli import add_arguments, main
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m emulator", description="Serve the LTX Video API v2 emulator over HTTP."
+        prog="python -m emulator",
+        description="Serve the LTX Video API v2 and useapi.net LTX Studio emulator over HTTP.",
     )
     add_arguments(parser)
     return parser

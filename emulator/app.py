@@ -10,8 +10,9 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from emulator import control, ltx
+from emulator import control, ltx, ltxstudio
 from emulator.config import EmulatorConfig
+from emulator.ltxstudio_state import STUDIO_KEY, StudioState
 from emulator.responses import ApiError, error_response
 from emulator.state import STATE_KEY, EmulatorState
 
@@ -25,9 +26,12 @@ def create_app(
 ) -> web.Application:
     """The emulator app; clock (seconds, monotonic) drives job status, so tests may pass a fake."""
     app = web.Application(middlewares=[error_middleware, fault_middleware])
-    app[STATE_KEY] = EmulatorState(config or EmulatorConfig(), clock)
+    state = app[STATE_KEY] = EmulatorState(config or EmulatorConfig(), clock)
+    studio = app[STUDIO_KEY] = StudioState(state)
+    app.cleanup_ctx.append(studio.webhooks.context)
     app.add_routes(control.routes())
     app.add_routes(ltx.routes())
+    app.add_routes(ltxstudio.routes())
     app.on_response_prepare.append(_add_request_id)
     return app
 
@@ -38,18 +42,21 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure, including the router's own 404/405/413, leaves in the provider's envelope."""
+    """Every failure, including the router's own 404/405/413, leaves in the provider's envelope:
+    useapi's ``{error, code}`` under /v1/ltxstudio/, LTX's ``{type, error}`` elsewhere."""
+    useapi = request.path.startswith(f"{ltxstudio.PREFIX}/")
+    render = ltxstudio.error_response if useapi else error_response
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc)
+        return render(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(ApiError(exc.status, headers=_allow_header(exc)))
+        return render(ApiError(exc.status, headers=_allow_header(exc)))
     except Exception:
         log.exception("emulator handler failed: %s %s", request.method, request.path)
-        return error_response(ApiError(500))
+        return render(ApiError(500))
 
 
 def _allow_header(exc: web.HTTPException) -> dict[str, str] | None:

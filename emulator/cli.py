@@ -61,6 +61,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Retry-After seconds sent with concurrency-limit 429s (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for job ids, jitter and failures")
+    _add_useapi_arguments(parser, defaults)
+
+
+def _add_useapi_arguments(parser: argparse.ArgumentParser, defaults: EmulatorConfig) -> None:
+    """The useapi.net LTX Studio accounts and its callback (replyUrl) fault knobs."""
+    parser.add_argument(
+        "--useapi-account",
+        action="append",
+        default=[],
+        type=_useapi_account_spec,
+        metavar="TOKEN:EMAIL=MAXJOBS",
+        help="useapi.net LTX Studio account EMAIL under API token TOKEN, MAXJOBS slots; repeatable",
+    )
+    rates = (
+        ("--webhook-drop-rate", "probability that a callback is not sent"),
+        ("--webhook-duplicate-rate", "probability that a callback is sent twice"),
+    )
+    for flag, text in rates:
+        parser.add_argument(flag, type=float, default=0.0, help=f"{text}, 0..1 (default: %(default)s)")
+    parser.add_argument(
+        "--webhook-delay-seconds",
+        type=float,
+        default=defaults.webhook_delay_seconds,
+        help="send every callback this much later than its event (default: %(default)s)",
+    )
+    switches = (
+        ("--webhook-reorder", "send a stale progress callback after the terminal one"),
+        ("--webhook-before-submit-response", "POST the first callback before answering the create request"),
+        ("--webhook-progress", "send progress callbacks too, not only the terminal one"),
+        ("--webhook-allow-remote", "allow callbacks to non-loopback hosts (off: nothing leaves the machine)"),
+    )
+    for flag, text in switches:
+        parser.add_argument(flag, action="store_true", help=text)
+    parser.add_argument(
+        "--completed-without-artifact-reads",
+        type=int,
+        default=defaults.completed_without_artifact_reads,
+        metavar="N",
+        help="a completed job misses its artifact in its first N status reads and its completion "
+        "callback (default: %(default)s)",
+    )
 
 
 def _key_spec(text: str) -> tuple[str, int]:
@@ -73,6 +114,25 @@ def _key_spec(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"MAXJOBS must be an integer, got {max_jobs!r}") from None
 
 
+def _useapi_account_spec(text: str) -> tuple[str, str, int]:
+    # Tokens look like user:12345-xxxx, so the email is what follows the last colon.
+    left, sep, max_jobs = text.rpartition("=")
+    token, colon, email = left.rpartition(":")
+    if not sep or not colon or not token or not email:
+        raise argparse.ArgumentTypeError(f"expected TOKEN:EMAIL=MAXJOBS, got {text!r}")
+    try:
+        return token, email, int(max_jobs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"MAXJOBS must be an integer, got {max_jobs!r}") from None
+
+
+def _useapi_accounts(specs: list[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
+    accounts: dict[str, dict[str, int]] = {}
+    for token, email, max_jobs in specs:
+        accounts.setdefault(token, {})[email] = max_jobs
+    return accounts
+
+
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     return EmulatorConfig(
         keys=dict(args.key),
@@ -83,6 +143,15 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         retention_seconds=args.retention_seconds,
         retry_after_seconds=args.retry_after,
         seed=args.seed,
+        useapi_accounts=_useapi_accounts(args.useapi_account),
+        webhook_drop_rate=args.webhook_drop_rate,
+        webhook_duplicate_rate=args.webhook_duplicate_rate,
+        webhook_reorder=args.webhook_reorder,
+        webhook_delay_seconds=args.webhook_delay_seconds,
+        webhook_before_submit_response=args.webhook_before_submit_response,
+        webhook_progress=args.webhook_progress,
+        webhook_allow_remote=args.webhook_allow_remote,
+        completed_without_artifact_reads=args.completed_without_artifact_reads,
     )
 
 
@@ -96,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 2
-    if not config.keys and not config.accept_any_key:
+    if not config.keys and not config.accept_any_key and not config.useapi_accounts:
         print("emulator: no API keys configured; register some via POST /_emulator/keys", file=sys.stderr)
     try:
         run(config, args.host, args.port, on_ready=_announce)

@@ -12,6 +12,15 @@ LIVE_KNOBS: tuple[str, ...] = (
     "failure_rate",
     "retention_seconds",
     "retry_after_seconds",
+    # useapi.net callback faults (emulator/webhooks.py): drop, duplicate and delay act on the next
+    # callback sent; the others shape the callbacks of jobs submitted from then on.
+    "webhook_drop_rate",
+    "webhook_duplicate_rate",
+    "webhook_reorder",
+    "webhook_delay_seconds",
+    "webhook_before_submit_response",
+    "webhook_progress",
+    "completed_without_artifact_reads",
 )
 
 DEFAULT_PUBLIC_BASE = "https://storage.emulator.invalid"
@@ -29,18 +38,45 @@ class EmulatorConfig:
     retry_after_seconds: int = 1
     public_base: str = DEFAULT_PUBLIC_BASE
     seed: int | None = None
+    # useapi.net (LTX Studio): API token -> {account email: maxJobs}; one token is one subscription.
+    useapi_accounts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # Callback faults: each callback is dropped / sent twice with these probabilities.
+    webhook_drop_rate: float = 0.0
+    webhook_duplicate_rate: float = 0.0
+    # A stale progress callback follows the terminal one.
+    webhook_reorder: bool = False
+    # Every callback leaves this many emulator-clock seconds after the event it reports.
+    webhook_delay_seconds: float = 0.0
+    # The first callback is POSTed before the create request gets its answer (the delay knob does
+    # not hold this one back).
+    webhook_before_submit_response: bool = False
+    # Progress callbacks too, not only the terminal one (LTX Studio documents "completion" only).
+    webhook_progress: bool = False
+    # Off by default so no callback ever leaves the machine; not a live knob on purpose.
+    webhook_allow_remote: bool = False
+    # A completed job reads as completed without its artifact this many times (and in its first
+    # completion callback): the seed warns that status and artifact can be out of sync.
+    completed_without_artifact_reads: int = 0
 
     def __post_init__(self) -> None:
         for key, max_jobs in self.keys.items():
             if not key:
                 raise ValueError("API keys must be non-empty")
             _check_int("max_jobs", max_jobs, 0)
+        _check_useapi_accounts(self.useapi_accounts)
         _check_int("default_max_jobs", self.default_max_jobs, 0)
         _check_number("job_seconds", self.job_seconds, 0.0, None)
         _check_number("job_seconds_jitter", self.job_seconds_jitter, 0.0, 1.0)
         _check_number("failure_rate", self.failure_rate, 0.0, 1.0)
         _check_number("retention_seconds", self.retention_seconds, 0.0, None)
         _check_int("retry_after_seconds", self.retry_after_seconds, 0)
+        _check_number("webhook_drop_rate", self.webhook_drop_rate, 0.0, 1.0)
+        _check_number("webhook_duplicate_rate", self.webhook_duplicate_rate, 0.0, 1.0)
+        _check_number("webhook_delay_seconds", self.webhook_delay_seconds, 0.0, None)
+        for name in ("webhook_reorder", "webhook_before_submit_response", "webhook_progress"):
+            _check_bool(name, getattr(self, name))
+        _check_bool("webhook_allow_remote", self.webhook_allow_remote)
+        _check_int("completed_without_artifact_reads", self.completed_without_artifact_reads, 0)
 
     def with_knobs(self, updates: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with some live knobs changed; raises ValueError on unknown or invalid values."""
@@ -52,7 +88,29 @@ class EmulatorConfig:
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["keys"] = dict(self.keys)
+        data["useapi_accounts"] = {token: dict(emails) for token, emails in self.useapi_accounts.items()}
         return data
+
+
+def _check_useapi_accounts(accounts: Mapping[str, Mapping[str, int]]) -> None:
+    """Tokens and emails non-empty, maxJobs >= 0, and each email under one token only: the
+    emulator's per-account stats are keyed by email."""
+    seen: set[str] = set()
+    for token, emails in accounts.items():
+        if not token:
+            raise ValueError("useapi tokens must be non-empty")
+        for email, max_jobs in emails.items():
+            if not email:
+                raise ValueError("useapi account emails must be non-empty")
+            if email in seen:
+                raise ValueError(f"useapi account {email} is configured under more than one token")
+            seen.add(email)
+            _check_int("maxJobs", max_jobs, 0)
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a boolean")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -6,6 +6,7 @@ import orjson
 from aiohttp import web
 
 from emulator.faults import parse_fault
+from emulator.ltxstudio_state import STUDIO_KEY
 from emulator.responses import ApiError, json_response
 from emulator.state import STATE_KEY
 
@@ -22,11 +23,13 @@ def routes() -> list[web.RouteDef]:
         web.post(f"{PREFIX}/faults", add_fault),
         web.post(f"{PREFIX}/reset", reset),
         web.get(f"{PREFIX}/jobs", list_jobs),
+        web.post(f"{PREFIX}/useapi-accounts", register_useapi_account),
+        web.post(f"{PREFIX}/webhooks/flush", flush_webhooks),
     ]
 
 
 async def stats(request: web.Request) -> web.Response:
-    return json_response(request.app[STATE_KEY].stats())
+    return json_response(request.app[STATE_KEY].stats() | request.app[STUDIO_KEY].stats())
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -54,6 +57,31 @@ async def register_key(request: web.Request) -> web.Response:
     return json_response({"key": key, "max_jobs": max_jobs})
 
 
+async def register_useapi_account(request: web.Request) -> web.Response:
+    """Add a useapi.net LTX Studio account ``{token, email, maxJobs}``, or change its maxJobs."""
+    body = await read_object(request)
+    token, email, max_jobs = body.get("token"), body.get("email"), body.get("maxJobs")
+    if not isinstance(token, str) or not token:
+        raise ApiError(400, "token must be a non-empty string")
+    if not isinstance(email, str) or not email:
+        raise ApiError(400, "email must be a non-empty string")
+    if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 0:
+        raise ApiError(400, "maxJobs must be an integer >= 0")
+    try:
+        request.app[STUDIO_KEY].register(token, email, max_jobs)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response({"token": token, "email": email, "maxJobs": max_jobs})
+
+
+async def flush_webhooks(request: web.Request) -> web.Response:
+    """Send the callbacks due by the emulator clock now and wait for them, so a test that moved a
+    fake clock can assert what was (not) sent without waiting for the background sender."""
+    webhooks = request.app[STUDIO_KEY].webhooks
+    due = await webhooks.flush()
+    return json_response({"due": due, "pending": webhooks.pending()})
+
+
 async def list_faults(request: web.Request) -> web.Response:
     faults = request.app[STATE_KEY].faults
     return json_response({"faults": faults.to_json(), "injected_remaining": faults.remaining()})
@@ -71,6 +99,7 @@ async def add_fault(request: web.Request) -> web.Response:
 
 async def reset(request: web.Request) -> web.Response:
     request.app[STATE_KEY].reset()
+    request.app[STUDIO_KEY].reset()
     return json_response({"reset": True})
 
 

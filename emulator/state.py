@@ -163,6 +163,11 @@ class EmulatorState:
             completed_at=iso_utc(wall + duration),
         )
 
+    def plan(self, prompt: str) -> tuple[float, str | None]:
+        """Duration and fate of a new job for the other provider contracts (LTX Studio): the same
+        knobs and prompt markers as here."""
+        return self._plan(prompt)
+
     def _plan(self, prompt: str) -> tuple[float, str | None]:
         """Duration and fate (None or the failure's error.type) of a new job, drawn once so every
         later poll agrees."""
