@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 PREFIX = "genrelay"
 
@@ -31,8 +31,10 @@ JOB_ID_PATTERN = re.compile(r"^(?P<provider>[a-z][a-z0-9]*)-(?P<token>[0-9a-f]{3
 STATES = ("queued", "submitting", "active", "completed", "failed", "canceled")
 
 
+@lru_cache(maxsize=65_536)
 def provider_of(job_id: str) -> str | None:
-    """The provider named in a job id, or None when the id is not one of ours."""
+    """The provider named in a job id, or None when the id is not one of ours (cached: every
+    update of a job asks again)."""
     match = JOB_ID_PATTERN.match(job_id)
     return match.group("provider") if match else None
 

@@ -104,11 +104,12 @@ end
 -- Tell the app: when it gave its own replyUrl, a terminal transition (and, if it asked, progress)
 -- enqueues one delivery task. The arq id names the record's sequence number, so a delivery is
 -- enqueued once per transition however often the script is retried.
-local function notify_app(job, terminal)
-  local f = redis.call('HMGET', JOB_KEY, 'reply_url', 'notify_progress', 'seq')
+local function notify_app(job, terminal, known)
+  -- ``known``: {reply_url, notify_progress, seq} when the caller has read them already.
+  local f = known or redis.call('HMGET', JOB_KEY, 'reply_url', 'notify_progress', 'seq')
   if (f[1] or '') == '' then return end
   if not terminal and f[2] ~= '1' then return end
-  local seq = f[3] or '0'
+  local seq = tostring(f[3] or '0')
   local arq_id = 'deliver:' .. job .. ':' .. seq
   local payload = '{"t":null,"f":"deliver_job","a":[' .. cjson.encode(job) .. ',' .. seq .. '],"k":{},"et":' .. NOW .. '}'
   redis.call('SET', cfg.arq_prefix .. arq_id, payload, 'PX', cfg.arq_expiry_ms)

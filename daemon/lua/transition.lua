@@ -19,7 +19,8 @@
 -- no_artifact | confirming | missing.
 
 -- One read of everything the decision needs (this script runs on every poll result and callback).
-local rec = redis.call('HMGET', JOB_KEY, 'id', 'state', 'poll_ms', 'progress', 'account', 'provider_job_id')
+local rec = redis.call('HMGET', JOB_KEY, 'id', 'state', 'poll_ms', 'progress', 'account', 'provider_job_id',
+                      'seq', 'reply_url', 'notify_progress')
 local job = rec[1]
 if not job then return {'missing', ''} end
 local cur = rec[2]
@@ -96,12 +97,14 @@ if RANK[new] == 3 then
   put('finished_ms', NOW)
   put('ended_by', source)
 end
+local seq = (tonumber(rec[7]) or 0) + 1
+put('seq', seq)
 redis.call('HSET', JOB_KEY, unpack(fields))
-redis.call('HINCRBY', JOB_KEY, 'seq', 1)
-move_state_index(job, cur, new)
+-- The state index orders jobs by when they entered their state: progress alone does not move it.
+if new ~= cur then move_state_index(job, cur, new) end
 emit(job, new, progress, account, source)
 
-notify_app(job, RANK[new] == 3)
+notify_app(job, RANK[new] == 3, {rec[8], rec[9], seq})
 if RANK[new] == 3 then
   unschedule(job)
   release(job)

@@ -97,8 +97,11 @@ async def read_json_with_bytes(request: web.Request) -> tuple[bytes, Any]:
     if request.content_length is not None and request.content_length > request.client_max_size:
         raise PayloadTooLarge(f"request body is larger than {request.client_max_size} bytes")
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
-            body = await request.read()
+        if request.content.is_eof():
+            body = await request.read()  # all there already (small bodies come with the headers)
+        else:
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                body = await request.read()
     except TimeoutError:
         raise web.HTTPRequestTimeout(
             text=f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s"

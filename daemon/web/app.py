@@ -48,7 +48,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     """Build the web application; its services open on startup and close on cleanup."""
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[error_middleware, bearer_auth(settings.api_tokens)],
+        # Without tokens the API is open (loopback only): no auth middleware to pass through.
+        middlewares=[error_middleware, *([bearer_auth(settings.api_tokens)] if settings.api_tokens else [])],
     )
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url
