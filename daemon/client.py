@@ -61,6 +61,7 @@ class Client:
         reply_ref: str | None = None,
         priority: int = DEFAULT_PRIORITY,
         request_id: str | None = None,
+        notify_progress: bool = False,
     ) -> str:
         """Enqueue one generation; returns its job id at once. Raises ``InvalidRequest`` for a
         malformed request; an unknown provider, operation or account ends the job as failed."""
@@ -74,6 +75,8 @@ class Client:
         body.update({k: v for k, v in optional.items() if v is not None})
         if priority != DEFAULT_PRIORITY:
             body["priority"] = priority
+        if notify_progress:
+            body["notifyProgress"] = True
         JobRequest.from_json(body)  # types and bounds, before anything is written
         job_id = job_id_for(provider, request_id)
         now_ms = int(time.time() * 1000)

@@ -124,3 +124,21 @@ async def test_claim_polls_never_hands_one_job_to_two_claimers(daemon: Services)
     await daemon.client.zadd(keys.provider_keys("ltx").polling, {ids[0]: 1})
     third = await daemon.store.claim_polls("ltx", batch=10, claim_ms=60_000)
     assert [j for j, _ in third.due] == [ids[0]]
+
+
+async def test_the_app_is_told_at_the_end_and_on_progress_only_when_it_asked(daemon: Services) -> None:
+    async def deliveries(job_id: str) -> list[str]:
+        return sorted(await daemon.client.keys(f"{keys.ARQ_JOB_PREFIX}deliver:{job_id}:*"))
+
+    quiet = (await daemon.store.create(request(replyUrl="https://app.example.com/hook"))).job_id
+    chatty = (
+        await daemon.store.create(request(replyUrl="https://app.example.com/hook", notifyProgress=True))
+    ).job_id
+    for job_id in (quiet, chatty):
+        await start(daemon, job_id)
+        await daemon.store.apply(job_id, Update(State.ACTIVE, progress=30), source="poll")
+    assert await deliveries(quiet) == []
+    assert len(await deliveries(chatty)) == 2  # 'active' on submit, then progress 30
+    await daemon.store.apply(quiet, Update(State.FAILED, message="x"), source="poll")
+    await daemon.store.apply(quiet, Update(State.FAILED, message="x"), source="poll")  # a duplicate
+    assert len(await deliveries(quiet)) == 1
