@@ -145,6 +145,9 @@ def start_emulator(workdir: Path, failure_rate: float, job_seconds: float) -> tu
         "0.5",
         "--failure-rate",
         str(failure_rate),
+        # The same failures every run, so the demo always shows some.
+        "--seed",
+        "7",
         *key_args,
     ]
     child = Child("emulator", args, child_env({}))
