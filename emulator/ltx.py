@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from emulator.responses import ApiError, json_response
+from emulator.responses import ApiError, decode_object, json_response
 from emulator.state import STATE_KEY, EmulatorState, Job
 
 ENDPOINTS: dict[str, tuple[str, ...]] = {
@@ -96,16 +95,7 @@ def known_endpoint(request: web.Request) -> str:
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        raise ApiError(400, "Request body must be a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"Malformed JSON body: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object")
-    return body
+    return decode_object(await request.read())
 
 
 def validate(endpoint: str, body: dict[str, Any]) -> None:

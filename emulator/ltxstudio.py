@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from emulator.ltxstudio_models import StudioAccount, StudioJob, asset_item
 from emulator.ltxstudio_requests import ALIASES, ENDPOINTS, CreateRequest, parse_create
 from emulator.ltxstudio_state import STUDIO_KEY, StudioState
-from emulator.responses import ApiError, default_message, json_response
+from emulator.responses import ApiError, decode_object, default_message, json_response
 from emulator.webhooks import wait_for_clock
 
 PREFIX = "/v1/ltxstudio"
@@ -217,13 +216,4 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     if request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.post()
         return {key: value for key, value in form.items() if isinstance(value, str)}
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"Malformed JSON body: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object")
-    return body
+    return decode_object(await request.read(), empty={})

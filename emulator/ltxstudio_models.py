@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emulator.ltx import failure_message
-from emulator.state import iso_utc
+from emulator.state import account_stats, iso_utc
 
 MIME_TYPES = {"video": "video/mp4", "image": "image/png"}
 SIGNED_URL_SECONDS = 6 * 3600.0  # [I] the seed's example URLs are valid for hours
@@ -73,14 +73,7 @@ class StudioAccount:
         return len(self.live)
 
     def to_json(self, now: float) -> dict[str, int]:
-        return {
-            "max_jobs": self.max_jobs,
-            "executing": self.executing(now),
-            "peak": self.peak,
-            "submitted": self.submitted,
-            "rejected_429": self.rejected_429,
-            "polls": self.polls,
-        }
+        return account_stats(self, now)
 
 
 def artifact(job: StudioJob, now: float, public_base: str) -> dict[str, Any]:

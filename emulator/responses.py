@@ -80,3 +80,18 @@ def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | 
 def error_response(error: ApiError) -> web.Response:
     envelope = {"type": "error", "error": {"type": error.error_type, "message": error.message}}
     return json_response(envelope, status=error.status, headers=error.headers)
+
+
+def decode_object(raw: bytes, *, empty: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A request body that must be a JSON object; ``empty`` is what a blank body means (None: a 400)."""
+    if not raw.strip():
+        if empty is None:
+            raise ApiError(400, "Request body must be a JSON object")
+        return empty
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"Malformed JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -56,6 +56,29 @@ class Job:
         return now < self.end
 
 
+class CountedAccount(Protocol):
+    """What the stats route shows of an account, in either emulated API."""
+
+    max_jobs: int
+    peak: int
+    submitted: int
+    rejected_429: int
+    polls: int
+
+    def executing(self, now: float) -> int: ...
+
+
+def account_stats(account: CountedAccount, now: float) -> dict[str, int]:
+    return {
+        "max_jobs": account.max_jobs,
+        "executing": account.executing(now),
+        "peak": account.peak,
+        "submitted": account.submitted,
+        "rejected_429": account.rejected_429,
+        "polls": account.polls,
+    }
+
+
 @dataclass(slots=True)
 class KeyAccount:
     max_jobs: int
@@ -73,14 +96,7 @@ class KeyAccount:
         return len(ends)
 
     def to_json(self, now: float) -> dict[str, int]:
-        return {
-            "max_jobs": self.max_jobs,
-            "executing": self.executing(now),
-            "peak": self.peak,
-            "submitted": self.submitted,
-            "rejected_429": self.rejected_429,
-            "polls": self.polls,
-        }
+        return account_stats(self, now)
 
 
 class EmulatorState:
