@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", action="store_true", help="wait until the job has ended")
     status.set_defaults(command=cmd_status)
 
+    cancel = sub.add_parser("cancel", help="cancel a job that has not ended")
+    cancel.add_argument("job_id", help="the job id printed by submit")
+    cancel.set_defaults(command=cmd_cancel)
+
     accounts = sub.add_parser("accounts", help="show slots per account; enable or disable an account")
     accounts.add_argument("action", nargs="?", choices=("show", "enable", "disable"), default="show")
     accounts.add_argument("name", nargs="?", help="account name (for enable / disable)")
@@ -268,6 +272,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"genrelay: no job {args.job_id!r} (unknown, not accepted yet, or expired)", file=sys.stderr)
         return EXIT_FAILED
     print_json(job)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from daemon.cancel import cancel_job
+    from daemon.services import open_services
+
+    settings = load_settings()
+
+    async def cancel() -> dict[str, Any]:
+        services = await open_services(settings, existing_redis(settings), sync_accounts=False)
+        try:
+            canceled = await cancel_job(services, args.job_id)
+        finally:
+            await services.close()
+        return {**canceled.job, "cancel": {"atProvider": canceled.at_provider}}
+
+    print_json(asyncio.run(cancel()))
     return 0
 
 

@@ -32,9 +32,22 @@ def job_id_for(provider: str, request_id: str | None = None) -> str:
     return f"{provider}-{token.hex}"
 
 
+def arq_payload(function: str, args: list[Any], now_ms: int) -> bytes:
+    """One arq job as genrelay's workers read it (orjson instead of arq's default pickle)."""
+    return orjson.dumps({"t": 1, "f": function, "a": args, "k": {}, "et": now_ms})
+
+
 def accept_payload(job_id: str, request: dict[str, Any], now_ms: int) -> bytes:
-    """The arq job that asks a worker to accept ``request`` as ``job_id`` (orjson-serialized)."""
-    return orjson.dumps({"t": 1, "f": "accept_job", "a": [job_id, request], "k": {}, "et": now_ms})
+    """The arq job that asks a worker to accept ``request`` as ``job_id``."""
+    return arq_payload("accept_job", [job_id, request], now_ms)
+
+
+async def enqueue(redis: aioredis.Redis, arq_id: str, payload: bytes, now_ms: int) -> None:
+    """Put one job on genrelay's arq queue; a second enqueue of the same id changes nothing."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(keys.ARQ_JOB_PREFIX + arq_id, payload, px=ACCEPT_EXPIRY_MS, nx=True)
+        pipe.zadd(keys.ARQ_QUEUE, {arq_id: now_ms}, nx=True)
+        await pipe.execute()
 
 
 class Client:
@@ -81,15 +94,7 @@ class Client:
         job_id = job_id_for(provider, request_id)
         now_ms = int(time.time() * 1000)
         arq_id = f"accept:{job_id}"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(
-                keys.ARQ_JOB_PREFIX + arq_id,
-                accept_payload(job_id, body, now_ms),
-                px=ACCEPT_EXPIRY_MS,
-                nx=True,
-            )
-            pipe.zadd(keys.ARQ_QUEUE, {arq_id: now_ms}, nx=True)
-            await pipe.execute()
+        await enqueue(self.redis, arq_id, accept_payload(job_id, body, now_ms), now_ms)
         return job_id
 
     async def get(self, job_id: str) -> dict[str, Any] | None:

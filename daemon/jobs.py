@@ -214,6 +214,7 @@ class Job:
             "priority": int(f.get("priority") or DEFAULT_PRIORITY),
             "errorType": f.get("error_type") or None,
             "endedBy": f.get("ended_by") or None,
+            "cancelNote": f.get("cancel_note") or None,
             "submitTries": int(f.get("submit_tries") or 0),
             "createdAt": self.ms("created_ms"),
             "submittedAt": self.ms("submitted_ms"),

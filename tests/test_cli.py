@@ -11,7 +11,18 @@ import pytest
 from daemon.cli import build_parser, main
 from tests.conftest import write_accounts
 
-COMMANDS = ["run", "web", "worker", "emulator", "demo", "submit", "status", "accounts"]
+COMMANDS = [
+    "run",
+    "web",
+    "worker",
+    "emulator",
+    "demo",
+    "submit",
+    "status",
+    "cancel",
+    "accounts",
+    "deliveries",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

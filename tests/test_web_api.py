@@ -320,7 +320,7 @@ async def test_no_route_gets_404_and_a_wrong_method_405_in_the_json_shape(api: C
     resp = await api.put("/v1/jobs", json=JOB)
     await expect_error(resp, 405, "method PUT is not allowed on /v1/jobs: use GET, HEAD, POST")
     assert resp.headers["Allow"] == "GET,HEAD,POST"
-    await expect_error(await api.post(f"/v1/jobs/{UNKNOWN_JOB}", json=JOB), 405, "use GET, HEAD")
+    await expect_error(await api.post(f"/v1/jobs/{UNKNOWN_JOB}", json=JOB), 405, "use DELETE, GET, HEAD")
 
 
 # -- failures that are not the client's -----------------------------------------------------------

@@ -17,6 +17,7 @@ from daemon.metrics import start_worker_metrics
 from daemon.services import open_services
 from daemon.settings import Settings
 from workers.accept import accept_job
+from workers.cancel import cancel_at_provider
 from workers.deliver import DELIVERY_SENDER, DeliverySender, deliver_job
 from workers.maintenance import sweep_forever
 from workers.poll import poll_forever
@@ -69,6 +70,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             # Tries are counted in the job record (submit_tries), which outlives arq's own count.
             func(submit_job, name="submit_job", max_tries=settings.submit_max_tries + 5),
             func(accept_job, name="accept_job", max_tries=5),
+            func(cancel_at_provider, name="cancel_at_provider", max_tries=5),
             func(dispatch_waiting, name="dispatch_waiting", max_tries=3),
             # Tries are counted in Redis (workers/deliver.py); the timeout lets ours fire first.
             func(

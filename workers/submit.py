@@ -7,6 +7,7 @@ then calls the provider and records its job id, after which the poller follows t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from daemon.jobs import Job, State, Update
 from daemon.metrics import count_submit_outcomes
 from daemon.providers import get_provider, webhook_provider
 from daemon.store import SubmitClaim
+from workers.cancel import stop_at_provider
 from workers.runtime import RUNTIME, WorkerRuntime
 
 log = structlog.get_logger("genrelay.submit")
@@ -62,6 +64,11 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
         State.ACTIVE, progress=0, message="submitted", provider_job_id=provider_job_id, fields=fields
     )
     outcome = await store.apply(job_id, update, source="submit", poll_in_ms=poll_in_ms)
+    if outcome == "terminal":
+        # Canceled while the provider was being called: the provider's job must be stopped too.
+        ended = await store.require(job_id)
+        fields = {**ended.fields, "provider_job_id": provider_job_id, "account": account.name}
+        await stop_at_provider(runtime, dataclasses.replace(ended, fields=fields))
     log.info(
         "job submitted",
         job_id=job_id,

@@ -36,6 +36,10 @@ class Provider(Protocol):
         """Read the job's status at the provider."""
         ...
 
+    async def cancel(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
+        """Stop the job at the provider where it can; returns what happened, in words for the record."""
+        ...
+
 
 class WebhookProvider(Provider, Protocol):
     """A provider that calls ``replyUrl`` back."""

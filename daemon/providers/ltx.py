@@ -90,6 +90,15 @@ class LtxProvider:
             raise
         return parse_status(job.operation, body if isinstance(body, dict) else {})
 
+    async def cancel(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
+        return NO_CANCEL
+
+
+NO_CANCEL = (
+    "the LTX Video API has no cancel: the generation runs to its end at LTX (and is billed); "
+    "genrelay stopped following it"
+)
+
 
 def parse_status(operation: str, body: dict[str, Any]) -> Update:
     status = body.get("status")

@@ -136,6 +136,21 @@ class UseapiProvider:
             raise
         return parse_status(body if isinstance(body, dict) else {})
 
+    async def cancel(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
+        """``DELETE scheduler/{jobId}``: useapi stops tracking the job and frees its slot, but the
+        generation itself goes on at the site (providers.md §1.5)."""
+        url = self._url(account, f"scheduler/{quote(job.provider_job_id or '', safe='')}")
+        try:
+            await request_json(session, "DELETE", url, account=account, classify=classify)
+        except ProviderError as exc:
+            if exc.action is ProviderAction.LOST:
+                return "useapi was no longer running this job (404)"
+            raise
+        return (
+            "useapi stopped tracking the job and freed its slot; the generation itself still runs "
+            f"to its end at {self.service} (useapi cannot stop it)"
+        )
+
     def parse_callback(self, body: Mapping[str, Any], *, confirm: bool = False) -> tuple[str | None, Update]:
         """(our job id from ``replyRef``, the update) from a callback body; ``InvalidRequest`` when
         the body is not the status model."""

@@ -312,6 +312,17 @@ PATHS: dict[str, dict[str, Schema]] = {
             api=True,
             parameters=[_JOB_ID],
         ),
+        "delete": operation(
+            "cancelJob",
+            "Cancel a job that has not ended (and stop it at the provider where it can)",
+            {
+                200: json_body(ref("Job"), "the canceled job, plus cancel.atProvider"),
+                404: error("unknown job, or expired"),
+                409: error("the job has already ended"),
+            },
+            api=True,
+            parameters=[_JOB_ID],
+        ),
     },
     "/v1/scheduler/available": {
         "get": operation(
