@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
@@ -32,12 +32,10 @@ from prometheus_client.process_collector import ProcessCollector
 from redis.exceptions import RedisError
 
 from daemon import keys
-from daemon.errors import ProviderError
 
 if TYPE_CHECKING:
-    import aiohttp
 
-    from daemon.settings import Account, Settings
+    from daemon.settings import Settings
 
 log = structlog.get_logger("genrelay.metrics")
 
@@ -120,53 +118,6 @@ class ProcessMetrics:
 
 
 METRICS = ProcessMetrics()
-
-
-class RequestJson(Protocol):
-    """The signature of :func:`daemon.providers.base.request_json`."""
-
-    def __call__(
-        self,
-        session: aiohttp.ClientSession,
-        method: str,
-        url: str,
-        *,
-        account: Account,
-        classify: Any,
-        json_body: Any = None,
-    ) -> Awaitable[tuple[int, Any]]: ...
-
-
-def instrument_provider_requests(request_json: RequestJson) -> RequestJson:
-    """Count and time every provider request by the status it got; the status of an error answer
-    is read from the ``ProviderError`` it became, a request that got no answer counts as 'error'."""
-
-    @functools.wraps(request_json)
-    async def observed(
-        session: aiohttp.ClientSession,
-        method: str,
-        url: str,
-        *,
-        account: Account,
-        classify: Any,
-        json_body: Any = None,
-    ) -> tuple[int, Any]:
-        started = time.perf_counter()
-        status = "error"
-        try:
-            answer = await request_json(
-                session, method, url, account=account, classify=classify, json_body=json_body
-            )
-            status = str(answer[0])
-            return answer
-        except ProviderError as exc:
-            status = str(exc.status) if exc.status is not None else "error"
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            METRICS.observe_provider_request(account.provider, method, status, elapsed)
-
-    return observed
 
 
 class SubmitTask(Protocol):

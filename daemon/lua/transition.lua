@@ -42,15 +42,19 @@ if u.confirm and RANK[new] == 3 then
   u.message = nil
 end
 
-local function sign_of_life()
-  if cur == 'active' then
-    renew(job, account)
-    if confirming then
-      schedule_poll(job, 0)
-    elseif poll_ms > 0 then
-      schedule_poll(job, poll_ms)
-    end
+-- An active job lives on: renew its lease and set its next poll (now, when a callback's hint
+-- needs the provider's word).
+local function keep_polling()
+  renew(job, account)
+  if confirming then
+    schedule_poll(job, 0)
+  elseif poll_ms > 0 then
+    schedule_poll(job, poll_ms)
   end
+end
+
+local function sign_of_life()
+  if cur == 'active' then keep_polling() end
 end
 
 if new == 'completed' and (u.artifact == nil or u.artifact == '') then
@@ -110,14 +114,7 @@ if RANK[new] == 3 then
   release(job)
   redis.call('EXPIRE', JOB_KEY, cfg.retention_s)
   handoff()
-else
-  if new == 'active' then
-    renew(job, account)
-    if confirming then
-      schedule_poll(job, 0)
-    elseif poll_ms > 0 then
-      schedule_poll(job, poll_ms)
-    end
-  end
+elseif new == 'active' then
+  keep_polling()
 end
 return {confirming and 'confirming' or 'applied', new, account}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -10,7 +11,7 @@ import orjson
 
 from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import Job, Update
-from daemon.metrics import instrument_provider_requests
+from daemon.metrics import METRICS
 from daemon.settings import Account
 
 USER_AGENT = "genrelay/0.1 (+https://github.com/genrelay/genrelay)"
@@ -59,7 +60,6 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return None  # an HTTP date: rare for APIs; fall back to our own backoff
 
 
-@instrument_provider_requests
 async def request_json(
     session: aiohttp.ClientSession,
     method: str,
@@ -71,8 +71,33 @@ async def request_json(
 ) -> tuple[int, Any]:
     """One JSON request; network failures become retryable ``ProviderError``s.
 
-    ``classify(status, body, headers)`` raises a ``ProviderError`` for error answers.
+    ``classify(status, body, headers)`` raises a ``ProviderError`` for error answers. Every request
+    is counted and timed by the status it got ('error' when no answer came).
     """
+    started = time.perf_counter()
+    status = "error"
+    try:
+        answer = await _request_json(
+            session, method, url, account=account, classify=classify, json_body=json_body
+        )
+        status = str(answer[0])
+        return answer
+    except ProviderError as exc:
+        status = str(exc.status) if exc.status is not None else "error"
+        raise
+    finally:
+        METRICS.observe_provider_request(account.provider, method, status, time.perf_counter() - started)
+
+
+async def _request_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    account: Account,
+    classify: Any,
+    json_body: Any,
+) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {account.api_key}", "User-Agent": USER_AGENT}
     data = None if json_body is None else orjson.dumps(json_body)
     if data is not None:
