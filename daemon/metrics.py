@@ -34,7 +34,6 @@ from redis.exceptions import RedisError
 from daemon import keys
 
 if TYPE_CHECKING:
-
     from daemon.settings import Settings
 
 log = structlog.get_logger("genrelay.metrics")
