@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -39,6 +40,66 @@ class Provider(Protocol):
 
     async def cancel(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
         """Stop the job at the provider where it can; returns what happened, in words for the record."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    """A job the provider lists as running on one account (its capacity view)."""
+
+    provider_job_id: str
+    account: str  # the account it runs on, by the name genrelay's accounts file gives it
+    reply_ref: str | None = None  # our job id, when the provider echoes it (useapi ``replyRef``)
+    started: str | None = None  # when the provider says it started, as the provider wrote it
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCapacity:
+    """What the provider says runs on one account right now."""
+
+    executing: tuple[RunningJob, ...]
+    max_jobs: int | None = None  # the provider's own cap for the account, when it reports one
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAsset:
+    """One finished artifact in a provider account's asset listing."""
+
+    provider_asset_id: str  # stable per artifact at the provider (useapi fileId, vydra ast_ id)
+    url: str
+    kind: str  # images | videos | audio | other
+    provider_job_id: str | None = None
+    mime_type: str | None = None
+    workflow: str | None = None  # the operation / workflow that made it
+    created_ms: int | None = None
+    expires_ms: int | None = None  # when ``url`` stops working; None when it does not expire
+    thumbnails: Mapping[str, str] = field(default_factory=dict)  # name -> URL
+
+
+@dataclass(frozen=True, slots=True)
+class AssetPage:
+    """One page of a provider's asset listing; ``has_more`` says whether to ask for the next."""
+
+    assets: tuple[ProviderAsset, ...]
+    has_more: bool
+
+
+class CapacityProvider(Provider, Protocol):
+    """A provider that lists what runs on an account (useapi ``scheduler/available``, vydra
+    ``GET /jobs?status=running``): the capacity mirror reconciles against it."""
+
+    async def capacity(self, session: aiohttp.ClientSession, account: Account) -> ProviderCapacity:
+        """The jobs running on ``account`` at the provider, ours and anyone else's."""
+        ...
+
+
+class AssetProvider(Provider, Protocol):
+    """A provider with an asset listing (useapi ``assets/``, vydra ``/api/v1/assets``)."""
+
+    async def list_assets(
+        self, session: aiohttp.ClientSession, account: Account, *, page: int, limit: int
+    ) -> AssetPage:
+        """Page ``page`` (1-based) of ``limit`` finished artifacts of ``account``, newest first."""
         ...
 
 
