@@ -81,7 +81,8 @@ async def test_a_completion_callback_is_confirmed_by_a_status_read(
     job = await run_job(app_client, "a lighthouse")
     assert job["status"]["type"] == "completed", job
     assert job["status"]["artifact"]["assetUrl"].startswith("http")
-    assert job["endedBy"] == "poll"  # the provider's own answer ended it, after the callback's hint
+    # The provider's own answer ended it, read because the callback said so.
+    assert job["endedBy"] == "callback"
     assert "callback:active" in await sources(app_client, job["jobId"])
     stats = await emulator.stats()
     assert stats["submissions_by_ref"] == {job["jobId"]: 1}
@@ -105,6 +106,7 @@ async def test_a_lost_callback_is_recovered_by_the_safety_poll(
     job = await run_job(app_client, "a message in a bottle")
     assert job["status"]["type"] == "completed", job
     assert not any(s.startswith("callback:") for s in await sources(app_client, job["jobId"]))
+    assert job["endedBy"] == "safety_poll"
 
 
 async def test_completed_without_artifact_keeps_reading_until_it_is_there(

@@ -4,7 +4,8 @@
 --          error_type?, fields? {name: text}, confirm? (true: a callback, only a hint)}
 -- ARGV[3]: poll again in this many ms while the job is active (0: leave the poll schedule alone);
 --          a job with its own 'poll_ms' (callback jobs: the slow safety poll) uses that instead
--- ARGV[4]: what the update came from (submit, poll, callback, sweep, cancel, ...)
+-- ARGV[4]: what the update came from (submit, poll, callback, sweep, cancel, ...); a terminal
+--          job records it as 'ended_by' (a callback job's poll: 'callback' or 'safety_poll')
 --
 -- States only move forward (queued < submitting < active < terminal); within 'active' only the
 -- progress moves forward; a terminal job is never rewritten. A 'completed' without an artifact is
@@ -20,7 +21,7 @@
 
 -- One read of everything the decision needs (this script runs on every poll result and callback).
 local rec = redis.call('HMGET', JOB_KEY, 'id', 'state', 'poll_ms', 'progress', 'account', 'provider_job_id',
-                      'seq', 'reply_url', 'notify_progress')
+                      'seq', 'reply_url', 'notify_progress', 'hinted')
 local job = rec[1]
 if not job then return {'missing', ''} end
 local cur = rec[2]
@@ -40,6 +41,16 @@ if u.confirm and RANK[new] == 3 then
   u.state, u.artifact, u.error_type = 'active', nil, nil
   if u.progress == nil or u.progress == cjson.null then u.progress = 0 end
   u.message = nil
+  -- Remembered so the status read this hint triggers counts as the webhook's doing (ended_by).
+  if rec[10] ~= '1' then redis.call('HSET', JOB_KEY, 'hinted', '1') end
+end
+
+-- How the job ended, for the record: a status read of a job that has callbacks (its own
+-- 'poll_ms': the slow safety poll) was either asked for by a callback's hint (the webhook ended
+-- it) or is the safety poll itself (the callback was lost).
+local function ended_by(from, own_poll_ms, hinted)
+  if from ~= 'poll' or not own_poll_ms then return from end
+  return hinted and 'callback' or 'safety_poll'
 end
 
 -- An active job lives on: renew its lease and set its next poll (now, when a callback's hint
@@ -99,7 +110,7 @@ if type(u.fields) == 'table' then for k, v in pairs(u.fields) do put(k, v) end e
 if new == 'active' and cur ~= 'active' then put('started_ms', NOW) end
 if RANK[new] == 3 then
   put('finished_ms', NOW)
-  put('ended_by', source)
+  put('ended_by', ended_by(source, job_poll_ms, rec[10] == '1'))
 end
 local seq = (tonumber(rec[7]) or 0) + 1
 put('seq', seq)

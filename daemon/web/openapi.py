@@ -168,7 +168,14 @@ SCHEMAS: dict[str, Schema] = {
             "replyUrl": nullable({"type": "string"}),
             "priority": {"type": "integer", "minimum": 0, "maximum": 9},
             "errorType": nullable({"type": "string"}),
-            "endedBy": nullable({"type": "string"}),
+            "endedBy": nullable(
+                {
+                    "type": "string",
+                    "description": "what ended the job: callback (a webhook, confirmed by a status "
+                    "read), safety_poll (the slow poll of a job whose webhook never came), poll, "
+                    "submit, cancel, sweep (lease expired) or slots",
+                }
+            ),
             "submitTries": {"type": "integer", "minimum": 0},
             "createdAt": _MILLIS,
             "submittedAt": _MILLIS,
