@@ -191,3 +191,22 @@ async def test_b20_lost_lease_keys_are_rebuilt_and_no_job_fails(
 
 async def _active_count(client: aioredis.Redis, count: int) -> bool:
     return bool(await client.zcard(keys.provider_keys(P).state("active")) >= count)
+
+
+async def test_a_submit_dropped_before_the_provider_took_it_is_sent_again_once(
+    redis_client: aioredis.Redis, emulator: Emulator, open_daemon, make_settings, start_worker
+) -> None:
+    settings = make_settings(emulator.url, {f"{P}/{ACCOUNT}": MAX_JOBS}, **settings_env())
+    services: Services = await open_daemon(settings)
+    await start_worker(settings)
+    # The connection drops before the provider handles the create: no job, no answer either.
+    await emulator.fault(method="POST", path_prefix=CREATE, drop_connection=True, count=1)
+    job_id = await submit(services, "[seconds=0.2] never reached the provider")
+    async with asyncio.timeout(30):
+        job = await Client(redis_client).wait(job_id)
+    assert job["status"]["type"] == "completed", job
+    assert (await submissions(emulator))[job_id] == 1
+    record = await redis_client.hgetall(keys.job_key(job_id))
+    assert record["submit_tries"] == "2"  # the uncertain try and the one after the listing ruled it out
+    resent = [e for e in await events_of(redis_client) if e["job"] == job_id and e["source"] == "reconcile"]
+    assert [e["state"] for e in resent] == ["submitting"]

@@ -46,6 +46,7 @@ async def test_a2_sigkill_after_the_provider_accepted_adopts_the_job_by_reply_re
     # The emulator creates the job at once and holds the create answer for 5 s.
     await emulator.fault(method="POST", path_prefix=CREATE, hold_seconds=5, count=1)
     first = await daemon_processes("worker", first_env, ready_line="worker started")
+    await until(lambda: redis_client.hget(keys.provider_keys(P).capacity, ACCOUNT))  # its one sync is done
     job_id = await submit(services, "[seconds=8] accepted, then the worker dies")
     await until(lambda: _submitted(emulator, job_id))
     await first.stop(signal.SIGKILL)

@@ -124,7 +124,10 @@ class UseapiProvider:
         )
         job_id = answer.get("jobId") if isinstance(answer, dict) else None
         if not isinstance(job_id, str) or not job_id:
-            raise ProviderError("useapi accepted the job but sent no jobId", action=ProviderAction.RETRY)
+            # It did accept it: found in the scheduler listing by replyRef, not submitted again.
+            raise ProviderError(
+                "useapi accepted the job but sent no jobId", action=ProviderAction.RETRY, maybe_accepted=True
+            )
         return job_id
 
     async def status(self, session: aiohttp.ClientSession, account: Account, job: Job) -> Update:
