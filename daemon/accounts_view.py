@@ -35,6 +35,22 @@ def account_rows(capacity: dict[str, Any], now_ms: int) -> list[tuple[str, ...]]
     return rows
 
 
+def sync_lines(capacity: dict[str, Any], now_ms: int) -> list[str]:
+    """One line per account the capacity sync has read at the provider: the jobs running there that
+    are not genrelay's (they take slots here too) and how long ago the listing was read."""
+    lines = []
+    for entry in capacity["available"]:
+        synced = entry.get("lastSync")
+        if synced is None:
+            continue
+        age = max(0, now_ms - int(synced)) / 1000
+        lines.append(
+            f"{entry['provider']} {entry['email']}: {entry.get('foreign', 0)} job(s) of other clients "
+            f"running at the provider (listing read {age:.0f}s ago)"
+        )
+    return lines
+
+
 def format_table(rows: list[tuple[str, ...]]) -> str:
     table = [COLUMNS, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
@@ -63,6 +79,8 @@ async def run_accounts(
             print(f"{account.provider} account {account.name} {action}d", file=sys.stderr)
         capacity = await services.slots.capacity(provider)
         print(format_table(account_rows(capacity, int(time.time() * 1000))))
+        for line in sync_lines(capacity, int(time.time() * 1000)):
+            print(line)
         waiting = {e["provider"]: e["waiting"] for e in capacity["available"]}
         for name_, count in sorted(waiting.items()):
             print(f"{name_}: {count} job(s) waiting for a slot")

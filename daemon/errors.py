@@ -102,6 +102,7 @@ class ProviderError(DaemonError):
         status: int | None = None,
         error_type: str | None = None,
         retry_after: float | None = None,
+        maybe_accepted: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -109,9 +110,13 @@ class ProviderError(DaemonError):
         self.status = status
         self.error_type = error_type
         self.retry_after = retry_after
+        # The request was sent and no answer came (timeout, disconnect, reset): the provider may
+        # have accepted it. A submit that ends so must not be sent again blindly (double billing).
+        self.maybe_accepted = maybe_accepted
 
     def __repr__(self) -> str:
         return (
             f"ProviderError({self.message!r}, action={self.action.value}, status={self.status}, "
-            f"error_type={self.error_type!r}, retry_after={self.retry_after})"
+            f"error_type={self.error_type!r}, retry_after={self.retry_after}, "
+            f"maybe_accepted={self.maybe_accepted})"
         )

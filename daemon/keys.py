@@ -69,6 +69,11 @@ class ProviderKeys:
     expired: str  # list  job ids whose lease expired, for the sweep to fail
     index: str  # zset  job id -> created (ms), every job
     states: tuple[str, ...]  # one zset per state: job id -> last update (ms)
+    # hash  account -> slots taken at the provider by jobs holding no lease of ours (the capacity
+    # sync writes it from the provider's listing; free slots subtract it)
+    foreign: str
+    # hash  account -> JSON of the last capacity sync (when, what the provider listed)
+    capacity: str
 
     def fixed(self) -> list[str]:
         return [
@@ -84,6 +89,7 @@ class ProviderKeys:
             self.index,
             *self.states,
             ARQ_QUEUE,
+            self.foreign,
         ]
 
     def state(self, name: str) -> str:
@@ -105,6 +111,8 @@ def provider_keys(provider: str) -> ProviderKeys:
         expired=f"{base}:expired",
         index=f"{base}:jobs",
         states=tuple(f"{base}:state:{state}" for state in STATES),
+        foreign=f"{base}:foreign",
+        capacity=f"{base}:capacity",
     )
 
 
@@ -116,3 +124,8 @@ def delivery_tries_key(job_id: str, seq: int) -> str:
 def lease_key(provider: str, account: str) -> str:
     """zset of the leases on one account: job id -> lease expiry (ms, Redis server clock)."""
     return f"{tag(provider)}:leases:{account}"
+
+
+def capacity_lock_key(provider: str) -> str:
+    """Held (with an expiry) by the one worker that reads the provider's listing this interval."""
+    return f"{tag(provider)}:capacity:lock"

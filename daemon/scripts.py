@@ -36,6 +36,8 @@ class Scripts:
     sweep: AsyncScript
     sync_accounts: AsyncScript
     set_account: AsyncScript
+    reconcile: AsyncScript
+    mark_uncertain: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:

@@ -105,6 +105,8 @@ class Settings:
     lease_ttl: float
     lease_ttl_by_provider: Mapping[str, float]
     sweep_interval: float
+    capacity_sync_interval: float
+    reconcile_grace: float
     job_retention: float
     worker_concurrency: int
     queue_poll_delay: float
@@ -171,6 +173,11 @@ class Settings:
                 if reader.text(f"LEASE_TTL_{p.upper()}")
             },
             sweep_interval=reader.number("SWEEP_INTERVAL", 30.0),
+            # How often each provider's listing of running jobs is read and reconciled with the slots.
+            capacity_sync_interval=reader.number("CAPACITY_SYNC_INTERVAL", 30.0),
+            # A job missing from that listing counts as gone only when the listing was read this long
+            # after its submit (the provider may not list a just-accepted job yet).
+            reconcile_grace=reader.number("RECONCILE_GRACE", 5.0),
             job_retention=reader.number("JOB_RETENTION", 604800.0),
             worker_concurrency=reader.integer("WORKER_CONCURRENCY", 50, low=1),
             # How often an idle worker looks at the queue: a freed slot waits half this on average before

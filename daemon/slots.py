@@ -19,6 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from daemon import keys
+from daemon.providers.base import ProviderCapacity
 from daemon.scripts import Scripts
 from daemon.settings import Settings
 
@@ -65,6 +66,30 @@ class ProviderScope:
 
 _CONFIG_HEADS: dict[ProviderScope, bytes] = {}
 
+# Jobs in 'submitting' looked at per reconcile (a backstop; normally a handful).
+RECONCILE_SUBMITTING_SCAN = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What one account's reconcile did (see ``lua/reconcile.lua``)."""
+
+    foreign: int  # slots taken at the provider by jobs holding no lease of ours
+    adopted: tuple[str, ...]  # ours, listed with no provider id yet: now active, never resubmitted
+    rebuilt: tuple[str, ...]  # ours, active, whose lease was missing: recreated from the listing
+    resubmitted: tuple[str, ...]  # uncertain submits the listing shows were never accepted
+    interrupted: tuple[str, ...]  # uncertain submits with no way to tell: the caller fails them
+    checked: tuple[str, ...]  # active leases the provider no longer lists: a status read is due now
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.adopted or self.rebuilt or self.resubmitted or self.interrupted or self.checked)
+
+
+def _ids(value: object) -> tuple[str, ...]:
+    # cjson encodes an empty Lua table as {}.
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
 
 def build_scope(settings: Settings, provider: str) -> ProviderScope:
     accounts = tuple(a.name for a in settings.accounts_for(provider))
@@ -76,6 +101,16 @@ def build_scope(settings: Settings, provider: str) -> ProviderScope:
         lease_ms=int(settings.lease_ttl_for(provider) * 1000),
         retention_s=int(settings.job_retention),
     )
+
+
+def _sync_record(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def format_elapsed(ms: int) -> str:
@@ -115,6 +150,79 @@ class SlotAllocator:
         expired: list[str] = await self.scripts.sweep(keys=list(scope.keys), args=[scope.config(), limit])
         return expired
 
+    async def reconcile(
+        self,
+        provider: str,
+        account: str,
+        listing: ProviderCapacity,
+        *,
+        listed_at_ms: int,
+        lists_refs: bool,
+        grace_ms: int,
+        poll_ms: int,
+    ) -> Reconciled:
+        """Apply the provider's listing of ``account`` to the slots in one script call.
+
+        The reads here only gather which job hashes the script must be allowed to touch (every key
+        is declared); the script decides everything again from what Redis holds when it runs.
+        """
+        scope = self.scope(provider)
+        pk = keys.provider_keys(provider)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrange(keys.lease_key(provider, account), 0, -1)
+            pipe.zrange(pk.state("submitting"), 0, RECONCILE_SUBMITTING_SCAN - 1)
+            leased, submitting = await pipe.execute()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job in leased:
+                pipe.hget(keys.job_key(job), "provider_job_id")
+            for job in submitting:
+                pipe.hget(keys.job_key(job), "account")
+            found = await pipe.execute()
+        by_pid = {pid: job for job, pid in zip(leased, found[: len(leased)], strict=True) if pid}
+        concerned = dict.fromkeys(leased)
+        concerned.update(
+            (job, None) for job, acc in zip(submitting, found[len(leased) :], strict=True) if acc == account
+        )
+        entries = []
+        for running in listing.executing:
+            ref = running.reply_ref
+            if ref is not None and keys.provider_of(ref) == provider:
+                entries.append({"pid": running.provider_job_id, "job": ref, "by": "ref"})
+                concerned[ref] = None
+            elif running.provider_job_id in by_pid:
+                entries.append(
+                    {"pid": running.provider_job_id, "job": by_pid[running.provider_job_id], "by": "pid"}
+                )
+            else:
+                entries.append({"pid": running.provider_job_id, "job": "", "by": "ref"})
+        jobs = list(concerned)
+        params = {
+            "account": account,
+            "listed_at_ms": listed_at_ms,
+            "grace_ms": grace_ms,
+            "poll_ms": poll_ms,
+            "lists_refs": lists_refs,
+            "max_tries": self.settings.submit_max_tries,
+            "provider_max": listing.max_jobs,
+            "entries": entries,
+            "jobs": jobs,
+        }
+        raw = await self.scripts.reconcile(
+            keys=scope.keys_with(pk.capacity, *(keys.job_key(job) for job in jobs)),
+            args=[scope.config(), orjson.dumps(params)],
+        )
+        out = orjson.loads(raw)
+        if "error" in out:
+            raise ValueError(f"{provider} account {account!r}: {out['error']}")
+        return Reconciled(
+            foreign=int(out["foreign"]),
+            adopted=_ids(out.get("adopted")),
+            rebuilt=_ids(out.get("rebuilt")),
+            resubmitted=_ids(out.get("resubmitted")),
+            interrupted=_ids(out.get("interrupted")),
+            checked=_ids(out.get("checked")),
+        )
+
     async def capacity(self, provider: str | None = None) -> dict[str, Any]:
         """The capacity mirror in the shape of the provider's ``GET scheduler/available``."""
         executing: list[dict[str, Any]] = []
@@ -138,21 +246,29 @@ class SlotAllocator:
             pipe.hgetall(pk.disabled)
             pipe.zrange(pk.cooldown, 0, -1, withscores=True)
             pipe.zcard(pk.waiting)
+            pipe.hgetall(pk.foreign)
+            pipe.hgetall(pk.capacity)
             for account in scope.accounts:
                 pipe.zrangebyscore(keys.lease_key(scope.provider, account), now_ms, "+inf")
-            maxes, disabled, cooldowns, waiting, *leases = await pipe.execute()
+            maxes, disabled, cooldowns, waiting, foreign, synced, *leases = await pipe.execute()
         cooldown = {name: int(until) for name, until in cooldowns if until > now_ms}
         executing = await self._executing(scope, leases, now_ms)
         available = []
         for account, held in zip(scope.accounts, leases, strict=True):
             max_jobs = int(maxes.get(account, 0))
+            busy = int(foreign.get(account, 0))
+            sync = _sync_record(synced.get(account))
             available.append(
                 {
                     "provider": scope.provider,
                     "email": account,
                     "maxJobs": max_jobs,
                     "executing": len(held),
-                    "available": max(0, max_jobs - len(held)),
+                    "available": max(0, max_jobs - len(held) - busy),
+                    # Jobs the provider runs on the account that are not ours (from the last sync).
+                    "foreign": busy,
+                    "lastSync": sync.get("synced_ms"),
+                    "providerMaxJobs": sync.get("provider_max"),
                     "enabled": account not in disabled,
                     "disabledReason": disabled.get(account),
                     "cooldownUntil": cooldown.get(account),

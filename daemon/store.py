@@ -209,6 +209,15 @@ class JobStore:
         """The provider call ended (with an error worth retrying): a rerun is not an interruption."""
         await self.client.hset(keys.job_key(job_id), "submit_open", "0")
 
+    async def mark_uncertain(self, job_id: str, message: str) -> str:
+        """The submit may have been accepted (sent, no answer): keep the job in 'submitting' with its
+        lease until the capacity sync finds it or rules it out (``lua/mark_uncertain.lua``)."""
+        scope = self.slots.scope(keys.provider_of(job_id) or "")
+        r = await self.scripts.mark_uncertain(
+            keys=scope.keys_with(keys.job_key(job_id)), args=[scope.config(), message]
+        )
+        return str(r[0])
+
     async def requeue(
         self, job_id: str, account: str, *, cooldown_until_ms: int = 0, disable_reason: str = "", message: str
     ) -> str:

@@ -72,6 +72,15 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
     fault = faults.take(request.method, request.path)
     if fault is None:
         return await handler(request)
+    if fault.handled:
+        response = await handler(request)
+        if fault.hold_seconds > 0:
+            await asyncio.sleep(fault.hold_seconds)
+        if not fault.accept_then_drop:
+            return response
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=500)  # discarded: the socket is closing
     if not fault.drop_connection:
         raise fault.to_error()
     await request.read()

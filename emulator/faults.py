@@ -19,6 +19,16 @@ class Fault:
     error_type: str | None = None
     message: str | None = None
     drop_connection: bool = False
+    # The request is handled (a create makes and counts its job) and then the connection closes
+    # with no answer: the client cannot tell whether it was accepted.
+    accept_then_drop: bool = False
+    # The request is handled at once, and its answer leaves only this many seconds later.
+    hold_seconds: float = 0.0
+
+    @property
+    def handled(self) -> bool:
+        """True when the request still reaches its handler (the fault acts on the answer)."""
+        return self.accept_then_drop or self.hold_seconds > 0
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and path.startswith(self.path_prefix)
@@ -37,6 +47,8 @@ class Fault:
             "error_type": self.error_type,
             "message": self.message,
             "drop_connection": self.drop_connection,
+            "accept_then_drop": self.accept_then_drop,
+            "hold_seconds": self.hold_seconds,
         }
 
 
@@ -72,7 +84,18 @@ class FaultQueue:
 
 
 _FIELDS = frozenset(
-    {"method", "path_prefix", "status", "count", "retry_after", "error_type", "message", "drop_connection"}
+    {
+        "method",
+        "path_prefix",
+        "status",
+        "count",
+        "retry_after",
+        "error_type",
+        "message",
+        "drop_connection",
+        "accept_then_drop",
+        "hold_seconds",
+    }
 )
 
 
@@ -87,6 +110,17 @@ def parse_fault(body: Mapping[str, Any]) -> Fault:
     drop = body.get("drop_connection", False)
     if not isinstance(drop, bool):
         raise ValueError("drop_connection must be a boolean")
+    accept_then_drop = body.get("accept_then_drop", False)
+    if not isinstance(accept_then_drop, bool):
+        raise ValueError("accept_then_drop must be a boolean")
+    hold = body.get("hold_seconds", 0)
+    if isinstance(hold, bool) or not isinstance(hold, int | float) or not 0 <= hold <= 600:
+        raise ValueError("hold_seconds must be a number between 0 and 600")
+    if drop and (accept_then_drop or hold):
+        raise ValueError(
+            "drop_connection drops before the handler: it cannot be combined with "
+            "accept_then_drop or hold_seconds"
+        )
     return Fault(
         method=method.upper() if method is not None else None,
         path_prefix=_optional_str(body, "path_prefix") or "/v2/",
@@ -96,6 +130,8 @@ def parse_fault(body: Mapping[str, Any]) -> Fault:
         error_type=_optional_str(body, "error_type"),
         message=_optional_str(body, "message"),
         drop_connection=drop,
+        accept_then_drop=accept_then_drop,
+        hold_seconds=float(hold),
     )
 
 

@@ -1,5 +1,5 @@
-"""The arq worker: ``submit_job`` and ``dispatch_waiting`` tasks, plus a poller per provider and the
-sweep running beside them in the same process."""
+"""The arq worker: ``submit_job``, ``dispatch_waiting`` and ``sync_capacity`` tasks, plus a poller per
+provider, the sweep and the capacity sync running beside them in the same process."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from daemon.services import open_services
 from daemon.settings import Settings
 from workers.accept import accept_job
 from workers.cancel import cancel_at_provider
+from workers.capacity import CAPACITY_TASK, capacity_forever, sync_capacity
 from workers.deliver import DELIVERY_SENDER, DeliverySender, deliver_job
 from workers.maintenance import sweep_forever
 from workers.poll import poll_forever
@@ -48,6 +49,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         for provider in settings.providers():
             runtime.tasks.append(asyncio.create_task(poll_forever(runtime, provider)))
         runtime.tasks.append(asyncio.create_task(sweep_forever(runtime)))
+        runtime.tasks.append(asyncio.create_task(capacity_forever(runtime)))
         runtime.tasks.extend(start_worker_metrics(settings, runtime.stopping))
         ctx[RUNTIME] = runtime
         ctx[DELIVERY_SENDER] = DeliverySender.open(settings, signing_secret(settings, services.secret))
@@ -72,6 +74,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             func(accept_job, name="accept_job", max_tries=5),
             func(cancel_at_provider, name="cancel_at_provider", max_tries=5),
             func(dispatch_waiting, name="dispatch_waiting", max_tries=3),
+            func(sync_capacity, name=CAPACITY_TASK, max_tries=3),
             # Tries are counted in Redis (workers/deliver.py); the timeout lets ours fire first.
             func(
                 deliver_job,

@@ -18,10 +18,12 @@ from arq import Retry
 from daemon.backoff import backoff_seconds
 from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
+from daemon.keys import provider_of
 from daemon.metrics import count_submit_outcomes
 from daemon.providers import get_provider, webhook_provider
 from daemon.store import SubmitClaim
 from workers.cancel import stop_at_provider
+from workers.capacity import fail_uncertain, lists_reply_refs, request_reconcile
 from workers.runtime import RUNTIME, WorkerRuntime
 
 log = structlog.get_logger("genrelay.submit")
@@ -33,7 +35,7 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
     store = runtime.services.store
     claim = await store.claim_submit(job_id)
     if claim.outcome == "interrupted":
-        return await _interrupted(runtime, job_id, claim)
+        return await _interrupted(ctx, runtime, job_id, claim)
     if claim.outcome != "go":
         log.info("submit skipped", job_id=job_id, outcome=claim.outcome, state=claim.state)
         return claim.outcome
@@ -97,11 +99,16 @@ async def _submit_failed(
     settings = runtime.services.settings
     account = claim.account or ""
     context = {"job_id": job.id, "provider": job.provider, "account": account, "status": exc.status}
+    if exc.maybe_accepted:
+        # Sent, no answer: the provider may have started (and billed) it. Never sent again blindly.
+        return await _uncertain(ctx, runtime, job.id, account, f"submit got no answer: {exc}")
     if exc.action is ProviderAction.RETRY and exc.status == 429:
         wait = backoff_seconds(claim.tries, settings.retry_base, settings.retry_max, exc.retry_after)
         until_ms = int((time.time() + wait) * 1000)
         outcome = await store.requeue(job.id, account, cooldown_until_ms=until_ms, message=str(exc))
         await _dispatch_when_cooled(ctx, job.provider, until_ms)
+        # A 429 with a local slot free means the mirror is stale (someone else's jobs, lost leases).
+        await request_reconcile(ctx.get("redis"), job.provider)
         log.warning("account cooling down", cooldown_s=round(wait, 3), outcome=outcome, **context)
         return "cooldown"
     if exc.action is ProviderAction.STOP_ACCOUNT:
@@ -127,19 +134,32 @@ async def _submit_failed(
     return "failed"
 
 
-async def _interrupted(runtime: WorkerRuntime, job_id: str, claim: SubmitClaim) -> str:
-    """A worker died while calling the provider. The provider may have started the job (and billed
-    it) or not; with no way to look it up, submitting again could pay twice, so the job ends here
-    with a message that says so."""
-    message = (
-        f"the submission to account {claim.account} was interrupted (a worker stopped mid-call): "
-        "the provider may have started it; not submitted again so it is not paid for twice. "
-        "Submit a new job if no result appears at the provider"
+async def _interrupted(ctx: dict[str, Any], runtime: WorkerRuntime, job_id: str, claim: SubmitClaim) -> str:
+    """A worker died while calling the provider (or lost the answer). The provider may have started
+    the job (and billed it) or not: it is looked up before anything is sent again."""
+    reason = f"the submission to account {claim.account} was interrupted (a worker stopped mid-call)"
+    return await _uncertain(ctx, runtime, job_id, claim.account or "", reason)
+
+
+async def _uncertain(
+    ctx: dict[str, Any], runtime: WorkerRuntime, job_id: str, account: str, reason: str
+) -> str:
+    """A submit that may have been accepted. Where the provider's listing echoes our ref, the job
+    keeps its slot in 'submitting' and the capacity sync decides: listed -> adopted, absent well
+    after the attempt -> sent again. Elsewhere there is no way to tell, and the job fails saying so."""
+    provider = provider_of(job_id) or ""
+    if not lists_reply_refs(provider):
+        await fail_uncertain(runtime, job_id, account)
+        return "interrupted"
+    outcome = await runtime.services.store.mark_uncertain(
+        job_id, f"{reason}; looking for it at the provider before submitting again"
     )
-    update = Update(State.FAILED, message=message, error_type="submit_interrupted")
-    outcome = await runtime.services.store.apply(job_id, update, source="submit")
-    log.warning("submission interrupted", job_id=job_id, account=claim.account, outcome=outcome)
-    return "interrupted"
+    if outcome == "marked":
+        await request_reconcile(ctx.get("redis"), provider, grace=runtime.services.settings.reconcile_grace)
+    log.warning(
+        "submission uncertain, reconciling", job_id=job_id, account=account, reason=reason, outcome=outcome
+    )
+    return "uncertain"
 
 
 async def _dispatch_when_cooled(ctx: dict[str, Any], provider: str, until_ms: int) -> None:

@@ -1,9 +1,10 @@
 -- claim_submit.lua: a worker is about to call the provider for this job (write-ahead record).
--- KEYS: the prelude layout; KEYS[18+N] is the job's hash.
+-- KEYS: the prelude layout; KEYS[19+N] is the job's hash.
 -- Only a job that holds a live lease moves to 'submitting'; a holder that lost its lease must not
 -- submit (the job goes back in line instead).
 -- 'submit_open' is 1 from here until the worker records how the provider call ended; finding it
--- still 1 means a worker died mid-call, and nobody knows whether the provider started the job.
+-- still 1 means a worker died mid-call (or the call ended without an answer), and nobody knows
+-- whether the provider started the job; that holds even when the lease is gone.
 -- Returns {'go', account, tries, previous_state} | {'interrupted', account, tries} | {'skip', state}
 --       | {'requeued'} | {'missing'}.
 
@@ -14,6 +15,12 @@ if state ~= 'queued' and state ~= 'submitting' then return {'skip', state} end
 local i = lease_of(job)
 if i and tonumber(redis.call('ZSCORE', lease_key(i), job)) <= NOW then i = nil end
 if not i then
+  if state == 'submitting' and redis.call('HGET', JOB_KEY, 'submit_open') == '1' then
+    -- The lease is gone but the provider may have accepted the interrupted call: requeuing would
+    -- submit it again. The caller looks it up first (or fails it where it cannot).
+    return {'interrupted', redis.call('HGET', JOB_KEY, 'account') or '',
+            tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0)}
+  end
   if state == 'submitting' then
     redis.call('HSET', JOB_KEY, 'state', 'queued', 'updated_ms', NOW)
     move_state_index(job, state, 'queued')

@@ -13,16 +13,18 @@
 --   10 index      zset    job -> created (ms)
 --   11..16 state zsets    queued, submitting, active, completed, failed, canceled: job -> updated (ms)
 --   17 arq queue  zset    arq job id -> run at (ms)
---   18..17+N  leases      zset per account (same order as cfg.accounts): job -> lease expiry (ms)
---   18+N      job hash    the job the script is about, when it has one
+--   18 foreign    hash    account -> slots taken at the provider by jobs that hold no lease of ours
+--                         (written only by reconcile.lua, from the provider's own listing)
+--   19..18+N  leases      zset per account (same order as cfg.accounts): job -> lease expiry (ms)
+--   19+N      job hash    the job the script is about, when it has one
 -- ARGV[1]: JSON config {accounts=[names], lease_ms, arq_prefix, arq_expiry_ms, events_maxlen,
 --          retention_s, now_ms (tests only; production uses the Redis server clock), rand}
 
 local K_ACCOUNTS, K_DISABLED, K_COOLDOWN, K_WAITING, K_PINS = 1, 2, 3, 4, 5
 local K_EVENTS, K_POLLS, K_POLLING, K_EXPIRED, K_INDEX = 6, 7, 8, 9, 10
 local K_STATE = {queued = 11, submitting = 12, active = 13, completed = 14, failed = 15, canceled = 16}
-local K_ARQ = 17
-local FIXED = 17
+local K_ARQ, K_FOREIGN = 17, 18
+local FIXED = 18
 local RANK = {queued = 0, submitting = 1, active = 2, completed = 3, failed = 3, canceled = 3}
 local BAND = 1e13
 
@@ -74,7 +76,8 @@ local function free_slots(i)
   if max <= 0 or redis.call('HEXISTS', KEYS[K_DISABLED], name) == 1 then return 0 end
   local until_ms = tonumber(redis.call('ZSCORE', KEYS[K_COOLDOWN], name) or 0)
   if until_ms > NOW then return 0 end
-  return max - redis.call('ZCARD', lease_key(i))
+  local foreign = tonumber(redis.call('HGET', KEYS[K_FOREIGN], name) or 0)
+  return max - foreign - redis.call('ZCARD', lease_key(i))
 end
 
 -- The eligible account with the most free slots; ties go to a random one so load spreads.

@@ -2,7 +2,7 @@
 -- (429 / no capacity, or auth / credits): give the slot back, cool down or disable the account,
 -- and put the job back at the head of its priority band. The freed slots go to the next jobs in
 -- the same script (possibly this job, on another account).
--- KEYS: the prelude layout; KEYS[18+N] is the job's hash.
+-- KEYS: the prelude layout; KEYS[19+N] is the job's hash.
 -- ARGV[2]: account; ARGV[3]: cooldown until (ms, 0 = none); ARGV[4]: disable reason ('' = none);
 -- ARGV[5]: message for the event.
 -- Returns {'requeued'} | {'failed'} (no enabled account is left for it) | {'skip', state}.

@@ -1,5 +1,5 @@
 -- transition.lua: apply one update to a job, monotonically and idempotently.
--- KEYS: the prelude layout; KEYS[18+N] is the job's hash.
+-- KEYS: the prelude layout; KEYS[19+N] is the job's hash.
 -- ARGV[2]: JSON update {state, progress?, message?, artifact? (JSON text), provider_job_id?,
 --          error_type?, fields? {name: text}, confirm? (true: a callback, only a hint)}
 -- ARGV[3]: poll again in this many ms while the job is active (0: leave the poll schedule alone);

@@ -170,10 +170,18 @@ async def _request_json(
             if resp.status >= 300:
                 classify(resp.status, body, resp.headers)
             return resp.status, body
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        # No connection was made (refused, DNS, connect timeout): the request never left.
         raise ProviderError(
             f"{method} {url.split('?')[0]} failed: {type(exc).__name__} {exc}".strip(),
             action=ProviderAction.RETRY,
+        ) from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # Sent, and no answer came (timeout, disconnect, reset): the provider may have acted on it.
+        raise ProviderError(
+            f"{method} {url.split('?')[0]} sent, no answer: {type(exc).__name__} {exc}".strip(),
+            action=ProviderAction.RETRY,
+            maybe_accepted=True,
         ) from exc
 
 

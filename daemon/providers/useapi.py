@@ -15,7 +15,7 @@ import aiohttp
 
 from daemon.errors import InvalidRequest, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
-from daemon.providers.base import request_json, retry_after_seconds
+from daemon.providers.base import ProviderCapacity, RunningJob, request_json, retry_after_seconds
 from daemon.settings import Account
 
 LTX_STUDIO_OPERATIONS = frozenset(
@@ -93,6 +93,9 @@ class UseapiProvider:
     """One useapi.net service, e.g. ``ltxstudio``."""
 
     webhooks = True
+    # ``scheduler/available`` echoes the ``replyRef`` we send: a submit whose answer was lost is
+    # found there (and adopted), and one that is absent was never accepted.
+    lists_reply_refs = True
 
     def __init__(self, name: str, service: str, operations: frozenset[str]) -> None:
         self.name = name
@@ -106,9 +109,11 @@ class UseapiProvider:
         self, session: aiohttp.ClientSession, account: Account, job: Job, callback_url: str | None = None
     ) -> str:
         body: dict[str, Any] = {**job.params, "email": account.name, "maxJobs": account.max_jobs}
+        # Our job id as replyRef, always: callbacks are routed by it, and the capacity sync finds
+        # the job in the scheduler listing by it when the submit answer is lost.
+        body["replyRef"] = job.id
         if callback_url:
             body["replyUrl"] = callback_url
-            body["replyRef"] = job.id
         _, answer = await request_json(
             session,
             "POST",
@@ -119,7 +124,10 @@ class UseapiProvider:
         )
         job_id = answer.get("jobId") if isinstance(answer, dict) else None
         if not isinstance(job_id, str) or not job_id:
-            raise ProviderError("useapi accepted the job but sent no jobId", action=ProviderAction.RETRY)
+            # It did accept it: found in the scheduler listing by replyRef, not submitted again.
+            raise ProviderError(
+                "useapi accepted the job but sent no jobId", action=ProviderAction.RETRY, maybe_accepted=True
+            )
         return job_id
 
     async def status(self, session: aiohttp.ClientSession, account: Account, job: Job) -> Update:
@@ -150,6 +158,38 @@ class UseapiProvider:
             "useapi stopped tracking the job and freed its slot; the generation itself still runs "
             f"to its end at {self.service} (useapi cannot stop it)"
         )
+
+    async def capacity(self, session: aiohttp.ClientSession, account: Account) -> ProviderCapacity:
+        """``GET scheduler/available``: the jobs executing on ``account`` (by its email) with their
+        ``replyRef``, and the account's ``maxJobs`` as useapi counts it (providers.md §1.5)."""
+        _, body = await request_json(
+            session, "GET", self._url(account, "scheduler/available"), account=account, classify=classify
+        )
+        if not isinstance(body, dict):
+            raise ProviderError(
+                "useapi scheduler/available answered no JSON object", action=ProviderAction.RETRY
+            )
+        running: list[RunningJob] = []
+        for entry in body.get("executing") or []:
+            if not isinstance(entry, dict) or entry.get("email") != account.name:
+                continue
+            job_id, ref, started = entry.get("jobId"), entry.get("replyRef"), entry.get("started")
+            if isinstance(job_id, str) and job_id:
+                running.append(
+                    RunningJob(
+                        provider_job_id=job_id,
+                        account=account.name,
+                        reply_ref=ref if isinstance(ref, str) and ref else None,
+                        started=started if isinstance(started, str) else None,
+                    )
+                )
+        max_jobs = None
+        for entry in body.get("available") or []:
+            if isinstance(entry, dict) and entry.get("email") == account.name:
+                value = entry.get("maxJobs")
+                if isinstance(value, int) and not isinstance(value, bool):
+                    max_jobs = value
+        return ProviderCapacity(executing=tuple(running), max_jobs=max_jobs)
 
     def parse_callback(self, body: Mapping[str, Any], *, confirm: bool = False) -> tuple[str | None, Update]:
         """(our job id from ``replyRef``, the update) from a callback body; ``InvalidRequest`` when

@@ -234,6 +234,15 @@ SCHEMAS: dict[str, Schema] = {
             "disabledReason": nullable({"type": "string"}),
             "cooldownUntil": _MILLIS,
             "waiting": {"type": "integer", "minimum": 0, "description": "jobs of the provider waiting"},
+            "foreign": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "slots the provider's last listing showed taken by jobs not ours",
+            },
+            "lastSync": {**_MILLIS, "description": "when the provider's listing was last reconciled (ms)"},
+            "providerMaxJobs": nullable(
+                {"type": "integer", "description": "maxJobs as the provider reports it"}
+            ),
         },
     },
     "CallbackReceived": {
