@@ -106,6 +106,7 @@ class Settings:
     lease_ttl_by_provider: Mapping[str, float]
     sweep_interval: float
     job_retention: float
+    asset_retention: float
     worker_concurrency: int
     queue_poll_delay: float
     job_timeout: float
@@ -172,6 +173,8 @@ class Settings:
             },
             sweep_interval=reader.number("SWEEP_INTERVAL", 30.0),
             job_retention=reader.number("JOB_RETENTION", 604800.0),
+            # Asset records (GET /v1/assets) outlive the job records: 30 days from their creation.
+            asset_retention=reader.number("ASSET_RETENTION", 2592000.0),
             worker_concurrency=reader.integer("WORKER_CONCURRENCY", 50, low=1),
             # How often an idle worker looks at the queue: a freed slot waits half this on average before
             # its next submission starts (bench/dispatch.py); one cheap ZRANGEBYSCORE per look.

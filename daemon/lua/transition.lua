@@ -1,10 +1,14 @@
 -- transition.lua: apply one update to a job, monotonically and idempotently.
--- KEYS: the prelude layout; KEYS[18+N] is the job's hash.
+-- KEYS: the prelude layout; KEYS[FIXED+N+1] is the job's hash; after it (addressed relative to it)
+--       KEYS[FIXED+N+2] the provider's asset index and KEYS[FIXED+N+3] its asset hash prefix.
 -- ARGV[2]: JSON update {state, progress?, message?, artifact? (JSON text), provider_job_id?,
 --          error_type?, fields? {name: text}, confirm? (true: a callback, only a hint)}
 -- ARGV[3]: poll again in this many ms while the job is active (0: leave the poll schedule alone);
 --          a job with its own 'poll_ms' (callback jobs: the slow safety poll) uses that instead
 -- ARGV[4]: what the update came from (submit, poll, callback, sweep, cancel, ...)
+-- ARGV[5]: JSON of the asset fields read from the artifact (type, url, mime, expires_ms, ...), when
+--          the update carries one; ARGV[6]: asset retention (ms). The 'completed' transition records
+--          the job's asset in this same script (asset_lib.lua), so a completed job always has it.
 --
 -- States only move forward (queued < submitting < active < terminal); within 'active' only the
 -- progress moves forward; a terminal job is never rewritten. A 'completed' without an artifact is
@@ -113,6 +117,15 @@ if RANK[new] == 3 then
   unschedule(job)
   release(job)
   redis.call('EXPIRE', JOB_KEY, cfg.retention_s)
+  if new == 'completed' and (ARGV[5] or '') ~= '' then
+    local a = cjson.decode(ARGV[5])
+    local jf = redis.call('HMGET', JOB_KEY, 'provider', 'operation')
+    a.provider, a.workflow, a.account, a.job_id = jf[1], jf[2], account, job
+    a.provider_job_id = (u.provider_job_id ~= nil and u.provider_job_id ~= cjson.null) and u.provider_job_id or rec[6]
+    a.created_ms, a.source = tostring(NOW), 'job'
+    local asset_keys = FIXED + N + 1
+    put_asset(KEYS[asset_keys + 1], KEYS[asset_keys + 2], a, tonumber(ARGV[6]), NOW, 'job')
+  end
   handoff()
 elseif new == 'active' then
   keep_polling()
