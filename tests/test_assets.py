@@ -16,8 +16,10 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from daemon import keys
+from daemon.assets import AssetStore, artifact_fields, imported_fields, to_api
 from daemon.client import Client
-from daemon.jobs import State, Update
+from daemon.jobs import JobRequest, State, Update
+from daemon.providers.base import ProviderAsset
 from daemon.services import Services
 from daemon.settings import Settings
 from daemon.web.app import create_app
@@ -214,3 +216,64 @@ async def test_unknown_or_malformed_asset_id_is_404(api: TestClient[web.Request,
         "items": [],
         "meta": {"totalItems": 0, "itemCount": 0, "itemsPerPage": 20, "totalPages": 0, "currentPage": 1},
     }
+
+
+async def test_a_job_completing_after_its_artifact_was_imported_replaces_the_import_once(
+    make_settings: Callable[..., Settings],
+    open_daemon: Callable[..., Any],
+    api: TestClient[web.Request, web.Application],
+    redis_client: aioredis.Redis,
+) -> None:
+    """An import can find a job's artifact before genrelay sees the job end (a lost callback): the
+    completion then takes the record over, under the same id, with no second entry anywhere."""
+    settings = make_settings(accounts={"a1": 2})
+    services: Services = await open_daemon(settings)
+    store = AssetStore(services.client, services.scripts, settings)
+    found = ProviderAsset(
+        provider_asset_id="f-1", url="https://x/old.png", kind="images", provider_job_id="p-1"
+    )
+    imported = await store.record_import(
+        imported_fields("ltx", "a1", found, created_ms=int(time.time() * 1000))
+    )
+    assert imported.outcome == "new"
+    assert (await store.record_import(imported_fields("ltx", "a1", found, created_ms=1))).outcome == "known"
+
+    created = await services.store.create(JobRequest("ltx", "text-to-video", {"prompt": "x"}))
+    await services.store.apply(created.job_id, Update(State.ACTIVE, provider_job_id="p-1"), source="submit")
+    artifact = {"assetUrl": "https://x/new.mp4", "kind": "video", "expirationDateString": "4102444800000"}
+    done = Update(State.COMPLETED, progress=100, artifact=artifact)
+    assert await services.store.apply(created.job_id, done, source="poll") == "applied"
+
+    listing = await get_json(api, "/v1/assets")
+    assert listing["meta"]["totalItems"] == 1
+    (asset,) = listing["items"]
+    assert asset["id"] == imported.asset_id
+    assert (asset["jobId"], asset["source"], asset["type"], asset["workflow"]) == (
+        created.job_id,
+        "job",
+        "videos",
+        "text-to-video",
+    )
+    assert asset["assetUrl"] == "https://x/new.mp4" and asset["expirationDateString"] == "4102444800000"
+    assert (await get_json(api, "/v1/assets?type=images"))["meta"]["totalItems"] == 0
+    assert (await get_json(api, "/v1/assets?type=videos&workflow=text-to-video"))["meta"]["totalItems"] == 1
+    assert len(await asset_hashes(redis_client)) == 1
+
+
+def test_artifact_shapes_map_to_the_four_types() -> None:
+    vydra = artifact_fields(
+        {
+            "assetUrl": "https://pub.example/v.mp4",
+            "kind": "video",
+            "asset": {"mimeType": "video/mp4"},
+            "thumbnailUrl": "https://pub.example/t.jpg",
+        }
+    )
+    assert vydra["type"] == "videos" and "expires_ms" not in vydra
+    assert to_api({**vydra, "id": "vydra-asset-" + "0" * 32})["thumbnails"] == {
+        "default": {"assetUrl": "https://pub.example/t.jpg"}
+    }
+    assert artifact_fields({"assetUrl": "u", "kind": "exr_frames"})["type"] == "other"
+    assert artifact_fields({"assetUrl": "u", "kind": "audio"})["type"] == "audio"
+    assert artifact_fields({"assetUrl": "u", "asset": {"mimeType": "image/webp"}})["type"] == "images"
+    assert artifact_fields({"assetUrl": "u", "kind": "model3d"})["type"] == "other"

@@ -6,9 +6,6 @@
 -- ARGV[3]: poll again in this many ms while the job is active (0: leave the poll schedule alone);
 --          a job with its own 'poll_ms' (callback jobs: the slow safety poll) uses that instead
 -- ARGV[4]: what the update came from (submit, poll, callback, sweep, cancel, ...)
--- ARGV[5]: JSON of the asset fields read from the artifact (type, url, mime, expires_ms, ...), when
---          the update carries one; ARGV[6]: asset retention (ms). The 'completed' transition records
---          the job's asset in this same script (asset_lib.lua), so a completed job always has it.
 --
 -- States only move forward (queued < submitting < active < terminal); within 'active' only the
 -- progress moves forward; a terminal job is never rewritten. A 'completed' without an artifact is
@@ -21,6 +18,11 @@
 -- hands it to the next waiting job in this same script.
 -- Returns {outcome, state[, account]}: outcome is applied | duplicate | stale | terminal |
 -- no_artifact | confirming | missing.
+--
+-- Assets: ARGV[5] is the JSON of the asset fields read from the artifact (type, url, mime,
+-- expires_ms, ...) when the update carries one, ARGV[6] the asset retention (ms). The 'completed'
+-- transition records the job's asset in this same script (asset_lib.lua): a completed job always
+-- has it, and no retry records it twice.
 
 -- One read of everything the decision needs (this script runs on every poll result and callback).
 local rec = redis.call('HMGET', JOB_KEY, 'id', 'state', 'poll_ms', 'progress', 'account', 'provider_job_id',
