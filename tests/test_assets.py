@@ -277,3 +277,36 @@ def test_artifact_shapes_map_to_the_four_types() -> None:
     assert artifact_fields({"assetUrl": "u", "kind": "audio"})["type"] == "audio"
     assert artifact_fields({"assetUrl": "u", "asset": {"mimeType": "image/webp"}})["type"] == "images"
     assert artifact_fields({"assetUrl": "u", "kind": "model3d"})["type"] == "other"
+
+
+async def test_assets_are_kept_for_the_asset_retention_from_their_creation(
+    make_settings: Callable[..., Settings], open_daemon: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
+    settings = make_settings(accounts={"a1": 1})  # the default: 30 days
+    services: Services = await open_daemon(settings)
+    store = AssetStore(services.client, services.scripts, settings)
+    now_ms = int(time.time() * 1000)
+
+    def found(name: str) -> ProviderAsset:
+        return ProviderAsset(
+            provider_asset_id=name, url=f"https://x/{name}.mp4", kind="videos", provider_job_id=name
+        )
+
+    two_days_old = await store.record_import(
+        imported_fields("ltx", "a1", found("p-old"), created_ms=now_ms - 2 * DAY_MS)
+    )
+    fresh = await store.record_import(imported_fields("ltx", "a1", found("p-new"), created_ms=now_ms))
+    too_old = await store.record_import(
+        imported_fields("ltx", "a1", found("p-31"), created_ms=now_ms - 31 * DAY_MS)
+    )
+    assert (two_days_old.outcome, fresh.outcome, too_old.outcome) == ("new", "new", "too_old")
+    assert not await redis_client.exists(keys.asset_key(too_old.asset_id))
+    # The record expires 30 days after its creation, not after its recording.
+    ttl_ms = await redis_client.pttl(keys.asset_key(two_days_old.asset_id))
+    assert 27 * DAY_MS < ttl_ms <= 28 * DAY_MS
+    assert (await store.list_assets())[1] == 2
+
+    # With a one-day retention the two-day-old entry is past it: readers skip it, totals agree.
+    short = make_settings(accounts={"a1": 1}, GENRELAY_ASSET_RETENTION=str(DAY_MS // 1000))
+    items, total = await AssetStore(services.client, services.scripts, short).list_assets()
+    assert total == 1 and [item["id"] for item in items] == [fresh.asset_id]
