@@ -108,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.add_argument("--provider", help="only this provider (needed when names repeat across providers)")
     accounts.set_defaults(command=cmd_accounts)
     add_deliveries_parser(sub)
+
+    imports = sub.add_parser(
+        "import-assets",
+        help="record the assets a provider account lists (made before genrelay, or callbacks lost)",
+        description="Page through ACCOUNT's asset listing at its provider (useapi.net services, vydra) and "
+        "record every asset genrelay does not have yet, so GET /v1/assets shows it. An asset already "
+        "recorded is not recorded twice (its link is renewed when the listing's expires later); one made "
+        "by a genrelay job gets that job's id. Progress goes to stderr, a summary to stdout. Exit 0 when "
+        "done, 1 when the provider fails (nothing recorded is lost: run it again), 2 for bad arguments or "
+        "a provider without a listing (ltx).",
+    )
+    imports.add_argument("account", metavar="ACCOUNT", help="the account's name in the accounts file")
+    imports.add_argument(
+        "--provider", help="the account's provider (needed when the name repeats across providers)"
+    )
+    imports.add_argument(
+        "--limit", type=int, default=50, help="assets per listing page, 1..100 (default: %(default)s)"
+    )
+    imports.add_argument(
+        "--max-pages", type=int, default=1000, help="stop after this many pages (default: %(default)s)"
+    )
+    imports.set_defaults(command=cmd_import_assets)
     return parser
 
 
@@ -299,6 +321,22 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     settings = load_settings()
     return asyncio.run(
         run_accounts(settings, existing_redis(settings), args.action, args.name, args.provider)
+    )
+
+
+def cmd_import_assets(args: argparse.Namespace) -> int:
+    from daemon.asset_import import run_import
+
+    settings = load_settings()
+    return asyncio.run(
+        run_import(
+            settings,
+            lambda: existing_redis(settings),
+            args.account,
+            args.provider,
+            page_size=args.limit,
+            max_pages=args.max_pages,
+        )
     )
 
 

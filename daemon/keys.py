@@ -129,3 +129,36 @@ def lease_key(provider: str, account: str) -> str:
 def capacity_lock_key(provider: str) -> str:
     """Held (with an expiry) by the one worker that reads the provider's listing this interval."""
     return f"{tag(provider)}:capacity:lock"
+
+
+ASSET_ID_PATTERN = re.compile(r"^(?P<provider>[a-z][a-z0-9]*)-asset-(?P<token>[0-9a-f]{32})$")
+
+
+def provider_of_asset(asset_id: str) -> str | None:
+    """The provider named in an asset id, or None when the id is not one of ours."""
+    match = ASSET_ID_PATTERN.match(asset_id)
+    return match.group("provider") if match else None
+
+
+def asset_key_prefix(provider: str) -> str:
+    """Prefix of the asset hashes: ``<prefix><asset id>`` is one asset's hash (the scripts build the
+    key from it, as the id is derived inside them)."""
+    return f"{tag(provider)}:asset:"
+
+
+def asset_key(asset_id: str) -> str:
+    provider = provider_of_asset(asset_id)
+    if provider is None:
+        raise ValueError(f"not a genrelay asset id: {asset_id!r}")
+    return f"{asset_key_prefix(provider)}{asset_id}"
+
+
+def asset_index_key(provider: str, asset_type: str | None = None, workflow: str | None = None) -> str:
+    """zset asset id -> created (ms): every asset of the provider, or those of one type, one
+    workflow, or both (one zset per combination, so a combined filter still has an exact count)."""
+    key = f"{tag(provider)}:assets"
+    if asset_type:
+        key += f":type:{asset_type}"
+    if workflow:
+        key += f":workflow:{workflow}"
+    return key

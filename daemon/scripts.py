@@ -14,11 +14,16 @@ from redis.commands.core import AsyncScript
 
 _LUA = resources.files("daemon") / "lua"
 _PRELUDE = (_LUA / "lib.lua").read_text()
-_STANDALONE = frozenset({"claim_polls"})
+_STANDALONE = frozenset({"claim_polls", "record_asset"})
+# Scripts that record assets also get asset_lib.lua (after the slot prelude, when they have it).
+_ASSET_LIB = (_LUA / "asset_lib.lua").read_text()
+_WITH_ASSETS = frozenset({"transition", "record_asset"})
 
 
 def script_source(name: str) -> str:
     body = (_LUA / f"{name}.lua").read_text()
+    if name in _WITH_ASSETS:
+        body = f"{_ASSET_LIB}\n{body}"
     return body if name in _STANDALONE else f"{_PRELUDE}\n{body}"
 
 
@@ -38,6 +43,7 @@ class Scripts:
     set_account: AsyncScript
     reconcile: AsyncScript
     mark_uncertain: AsyncScript
+    record_asset: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:

@@ -108,6 +108,7 @@ class Settings:
     capacity_sync_interval: float
     reconcile_grace: float
     job_retention: float
+    asset_retention: float
     worker_concurrency: int
     queue_poll_delay: float
     job_timeout: float
@@ -179,6 +180,8 @@ class Settings:
             # after its submit (the provider may not list a just-accepted job yet).
             reconcile_grace=reader.number("RECONCILE_GRACE", 5.0),
             job_retention=reader.number("JOB_RETENTION", 604800.0),
+            # Asset records (GET /v1/assets) outlive the job records: 30 days from their creation.
+            asset_retention=reader.number("ASSET_RETENTION", 2592000.0),
             worker_concurrency=reader.integer("WORKER_CONCURRENCY", 50, low=1),
             # How often an idle worker looks at the queue: a freed slot waits half this on average before
             # its next submission starts (bench/dispatch.py); one cheap ZRANGEBYSCORE per look.

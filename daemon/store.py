@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from daemon import keys
+from daemon.assets import artifact_fields
 from daemon.errors import InvalidRequest, NotFound
 from daemon.jobs import Job, JobRequest, State, Update, new_job_id
 from daemon.providers import get_provider
@@ -188,9 +189,24 @@ class JobStore:
     async def apply(self, job_id: str, update: Update, *, source: str, poll_in_ms: int = 0) -> str:
         """Apply one update through the transition script; returns its outcome (applied, duplicate, ...)."""
         scope = self.slots.scope(keys.provider_of(job_id) or "")
+        # A completion records the job's asset in the same script (see daemon/assets.py).
+        asset = b""
+        if update.state is State.COMPLETED and update.artifact and not update.confirm:
+            asset = orjson.dumps(artifact_fields(update.artifact))
         r = await self.scripts.transition(
-            keys=scope.keys_with(keys.job_key(job_id)),
-            args=[scope.config(), update.to_json(), poll_in_ms, source],
+            keys=scope.keys_with(
+                keys.job_key(job_id),
+                keys.asset_index_key(scope.provider),
+                keys.asset_key_prefix(scope.provider),
+            ),
+            args=[
+                scope.config(),
+                update.to_json(),
+                poll_in_ms,
+                source,
+                asset,
+                int(self.settings.asset_retention * 1000),
+            ],
         )
         outcome = str(r[0])
         if outcome == "applied":

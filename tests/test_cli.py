@@ -22,6 +22,7 @@ COMMANDS = [
     "cancel",
     "accounts",
     "deliveries",
+    "import-assets",
 ]
 
 

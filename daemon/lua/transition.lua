@@ -1,5 +1,6 @@
 -- transition.lua: apply one update to a job, monotonically and idempotently.
--- KEYS: the prelude layout; KEYS[19+N] is the job's hash.
+-- KEYS: the prelude layout; KEYS[FIXED+N+1] is the job's hash; after it (addressed relative to it)
+--       KEYS[FIXED+N+2] the provider's asset index and KEYS[FIXED+N+3] its asset hash prefix.
 -- ARGV[2]: JSON update {state, progress?, message?, artifact? (JSON text), provider_job_id?,
 --          error_type?, fields? {name: text}, confirm? (true: a callback, only a hint)}
 -- ARGV[3]: poll again in this many ms while the job is active (0: leave the poll schedule alone);
@@ -18,6 +19,11 @@
 -- hands it to the next waiting job in this same script.
 -- Returns {outcome, state[, account]}: outcome is applied | duplicate | stale | terminal |
 -- no_artifact | confirming | missing.
+--
+-- Assets: ARGV[5] is the JSON of the asset fields read from the artifact (type, url, mime,
+-- expires_ms, ...) when the update carries one, ARGV[6] the asset retention (ms). The 'completed'
+-- transition records the job's asset in this same script (asset_lib.lua): a completed job always
+-- has it, and no retry records it twice.
 
 -- One read of everything the decision needs (this script runs on every poll result and callback).
 local rec = redis.call('HMGET', JOB_KEY, 'id', 'state', 'poll_ms', 'progress', 'account', 'provider_job_id',
@@ -124,6 +130,15 @@ if RANK[new] == 3 then
   unschedule(job)
   release(job)
   redis.call('EXPIRE', JOB_KEY, cfg.retention_s)
+  if new == 'completed' and (ARGV[5] or '') ~= '' then
+    local a = cjson.decode(ARGV[5])
+    local jf = redis.call('HMGET', JOB_KEY, 'provider', 'operation')
+    a.provider, a.workflow, a.account, a.job_id = jf[1], jf[2], account, job
+    a.provider_job_id = (u.provider_job_id ~= nil and u.provider_job_id ~= cjson.null) and u.provider_job_id or rec[6]
+    a.created_ms, a.source = tostring(NOW), 'job'
+    local asset_keys = FIXED + N + 1
+    put_asset(KEYS[asset_keys + 1], KEYS[asset_keys + 2], a, tonumber(ARGV[6]), NOW, 'job')
+  end
   handoff()
 elseif new == 'active' then
   keep_polling()

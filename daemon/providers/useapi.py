@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from daemon.assets import asset_type
 from daemon.errors import InvalidRequest, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
-from daemon.providers.base import ProviderCapacity, RunningJob, request_json, retry_after_seconds
+from daemon.providers.base import (
+    AssetPage,
+    ProviderAsset,
+    ProviderCapacity,
+    RunningJob,
+    request_json,
+    retry_after_seconds,
+)
 from daemon.settings import Account
 
 LTX_STUDIO_OPERATIONS = frozenset(
@@ -191,6 +199,23 @@ class UseapiProvider:
                     max_jobs = value
         return ProviderCapacity(executing=tuple(running), max_jobs=max_jobs)
 
+    async def list_assets(
+        self, session: aiohttp.ClientSession, account: Account, *, page: int, limit: int
+    ) -> AssetPage:
+        """``GET assets/?email=&page=&limit=``: the account's finished artifacts, newest first (seed
+        000); the signed URLs in it are fresh, so a listing also renews known assets' links."""
+        query = urlencode({"email": account.name, "page": page, "limit": limit})
+        _, body = await request_json(
+            session, "GET", self._url(account, f"assets/?{query}"), account=account, classify=classify
+        )
+        answer: dict[str, Any] = body if isinstance(body, dict) else {}
+        items: list[Any] = answer["items"] if isinstance(answer.get("items"), list) else []
+        assets = tuple(found for found in map(parse_asset_item, items) if found is not None)
+        meta: dict[str, Any] = answer["meta"] if isinstance(answer.get("meta"), dict) else {}
+        current, pages = meta.get("currentPage"), meta.get("totalPages")
+        has_more = isinstance(current, int) and isinstance(pages, int) and current < pages
+        return AssetPage(assets=assets, has_more=has_more)
+
     def parse_callback(self, body: Mapping[str, Any], *, confirm: bool = False) -> tuple[str | None, Update]:
         """(our job id from ``replyRef``, the update) from a callback body; ``InvalidRequest`` when
         the body is not the status model."""
@@ -204,3 +229,37 @@ class UseapiProvider:
         if "jobId" in body and not isinstance(body["jobId"], str):
             raise InvalidRequest("'jobId' must be a string")
         return (ref if isinstance(ref, str) and ref else None), parse_status(body, confirm=confirm)
+
+
+def parse_asset_item(item: Any) -> ProviderAsset | None:
+    """One ``items[]`` entry of the asset listing; None when it has no usable URL."""
+    if not isinstance(item, dict):
+        return None
+    signed: dict[str, Any] = item["signedAsset"] if isinstance(item.get("signedAsset"), dict) else {}
+    url = signed.get("assetUrl")
+    if not isinstance(url, str) or not url:
+        return None
+    raw_asset = signed.get("asset")
+    asset: dict[str, Any] = raw_asset if isinstance(raw_asset, dict) else {}
+    mime = asset.get("mimeType") if isinstance(asset.get("mimeType"), str) else None
+    file_id = asset.get("fileId") if isinstance(asset.get("fileId"), str) and asset["fileId"] else None
+    item_id = item.get("id") if isinstance(item.get("id"), str) and item["id"] else None
+    expiry = signed.get("expirationDateString")
+    related: dict[str, Any] = item["relatedAssets"] if isinstance(item.get("relatedAssets"), dict) else {}
+    raw_thumbnails = related.get("thumbnails")
+    thumbnails = {
+        str(name): entry["assetUrl"]
+        for name, entry in (raw_thumbnails.items() if isinstance(raw_thumbnails, dict) else ())
+        if isinstance(entry, dict) and isinstance(entry.get("assetUrl"), str) and entry["assetUrl"]
+    }
+    provider_asset_id = file_id or item_id or url.split("?")[0]
+    job_id = item.get("jobId")
+    return ProviderAsset(
+        provider_asset_id=provider_asset_id,
+        url=url,
+        kind=asset_type(None, mime),
+        provider_job_id=job_id if isinstance(job_id, str) and job_id else None,
+        mime_type=mime,
+        expires_ms=int(expiry) if isinstance(expiry, str) and expiry.isdigit() else None,
+        thumbnails=thumbnails,
+    )

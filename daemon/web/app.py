@@ -23,6 +23,7 @@ from daemon import keys
 from daemon.services import Services, open_services
 from daemon.settings import Settings
 from daemon.web.api import MAX_BODY_BYTES, SERVICES, routes
+from daemon.web.assets import routes as asset_routes
 from daemon.web.auth import bearer_auth
 from daemon.web.callbacks import routes as callback_routes
 from daemon.web.dashboard import routes as dashboard_routes
@@ -58,6 +59,7 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_routes(routes)
+    app.router.add_routes(asset_routes)
     app.router.add_routes(callback_routes)
     app.router.add_routes(dashboard_routes)
     return app

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from daemon.assets import ASSET_TYPES, MAX_WORKFLOW_LENGTH
 from daemon.jobs import DEFAULT_PRIORITY, MAX_PARAMS_BYTES, MAX_REF_LENGTH, State
 from daemon.store import MAX_PAGE_SIZE
 from daemon.web.api import DEFAULT_PAGE_SIZE, MAX_BODY_BYTES
@@ -199,6 +200,57 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "Asset": {
+        "type": "object",
+        "description": "One finished artifact, recorded once whether it came from a job or an import.",
+        "required": ["id", "provider", "type", "assetUrl", "thumbnails", "createdAt"],
+        "properties": {
+            "id": {"type": "string", "description": "genrelay's own stable id, `<provider>-asset-<32 hex>`"},
+            "provider": {"type": "string"},
+            "account": nullable({"type": "string"}),
+            "workflow": nullable({"type": "string", "description": "the job's operation / the workflow"}),
+            "type": {"type": "string", "enum": list(ASSET_TYPES)},
+            "assetUrl": {"type": "string"},
+            "mimeType": nullable({"type": "string"}),
+            "thumbnails": {
+                "type": "object",
+                "description": "name -> {assetUrl, expirationDateString?}",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["assetUrl"],
+                    "properties": {
+                        "assetUrl": {"type": "string"},
+                        "expirationDateString": {"type": "string"},
+                    },
+                },
+            },
+            "expirationDateString": {
+                "type": "string",
+                "pattern": "^[0-9]+$",
+                "description": "when assetUrl stops working, epoch ms; absent when it does not expire",
+            },
+            "jobId": nullable({"type": "string", "description": "our job, when known"}),
+            "providerJobId": nullable({"type": "string"}),
+            "providerAssetId": nullable({"type": "string"}),
+            "createdAt": _MILLIS,
+            "source": nullable({"type": "string", "enum": ["job", "import"]}),
+        },
+    },
+    "AssetPage": {
+        "type": "object",
+        "required": ["items", "meta"],
+        "properties": {
+            "items": {"type": "array", "items": ref("Asset")},
+            "meta": {
+                "type": "object",
+                "required": ["totalItems", "itemCount", "itemsPerPage", "totalPages", "currentPage"],
+                "properties": {
+                    name: {"type": "integer", "minimum": 0}
+                    for name in ("totalItems", "itemCount", "itemsPerPage", "totalPages", "currentPage")
+                },
+            },
+        },
+    },
     "Capacity": {
         "type": "object",
         "description": "The capacity mirror, in the shape of the provider's GET scheduler/available.",
@@ -338,6 +390,49 @@ PATHS: dict[str, dict[str, Schema]] = {
             },
             api=True,
             parameters=[_JOB_ID],
+        ),
+    },
+    "/v1/assets": {
+        "get": operation(
+            "listAssets",
+            "List finished artifacts, newest first",
+            {
+                200: json_body(ref("AssetPage"), "one page of assets"),
+                400: error("a bad filter or page parameter, or an unknown provider"),
+            },
+            api=True,
+            parameters=[
+                query("type", {"type": "string", "enum": list(ASSET_TYPES)}, "only this type"),
+                query("provider", {"type": "string"}, "only this provider"),
+                query(
+                    "workflow",
+                    {"type": "string", "maxLength": MAX_WORKFLOW_LENGTH},
+                    "only this workflow (the job's operation)",
+                ),
+                query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}, "page"),
+                query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE},
+                    "assets per page",
+                ),
+            ],
+        ),
+    },
+    "/v1/assets/{assetId}": {
+        "get": operation(
+            "getAsset",
+            "One asset",
+            {200: json_body(ref("Asset"), "the asset"), 404: error("unknown asset, or expired")},
+            api=True,
+            parameters=[
+                {
+                    "name": "assetId",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "an asset's id, `<provider>-asset-<32 hex digits>`",
+                }
+            ],
         ),
     },
     "/v1/scheduler/available": {
