@@ -116,3 +116,9 @@ def delivery_tries_key(job_id: str, seq: int) -> str:
 def lease_key(provider: str, account: str) -> str:
     """zset of the leases on one account: job id -> lease expiry (ms, Redis server clock)."""
     return f"{tag(provider)}:leases:{account}"
+
+
+def request_budget_key(provider: str, account: str) -> str:
+    """zset of the requests one account made in its provider's rate window: request id -> taken
+    (ms, Redis server clock); see ``lua/take_request.lua``."""
+    return f"{tag(provider)}:budget:{account}"

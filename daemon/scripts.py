@@ -14,7 +14,7 @@ from redis.commands.core import AsyncScript
 
 _LUA = resources.files("daemon") / "lua"
 _PRELUDE = (_LUA / "lib.lua").read_text()
-_STANDALONE = frozenset({"claim_polls"})
+_STANDALONE = frozenset({"claim_polls", "take_request", "postpone_poll"})
 
 
 def script_source(name: str) -> str:
@@ -36,6 +36,8 @@ class Scripts:
     sweep: AsyncScript
     sync_accounts: AsyncScript
     set_account: AsyncScript
+    take_request: AsyncScript
+    postpone_poll: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:
