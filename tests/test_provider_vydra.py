@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from daemon import keys
 from daemon.client import Client
-from daemon.errors import ProviderAction, ProviderError
+from daemon.errors import ProviderAction, ProviderError, SettingsError
 from daemon.jobs import Job, State
 from daemon.providers import get_provider, webhook_provider
 from daemon.providers.vydra import VydraProvider, classify, parse_status
@@ -416,3 +416,34 @@ async def test_the_request_budget_keeps_fast_polls_under_the_plans_limit(
     assert stats["rejected_429"] == 0, stats
     assert stats["max_requests_in_window"] <= 10, stats
     assert stats["submitted"] == 6 and stats["polls"] >= 6, stats
+
+
+def test_accounts_file_budget_keys(make_settings) -> None:  # type: ignore[no-untyped-def]
+    spec = {"max_jobs": 2, "requests_per_minute": 30, "rate_window_seconds": 2}
+    found = make_settings(accounts={ACCOUNT: spec}).account("vydra", "v1")
+    assert (found.api_key, found.requests_per_minute, found.rate_window_seconds) == (KEY, 30, 2.0)
+    plain = make_settings(accounts={ACCOUNT: 2}).account("vydra", "v1")
+    assert (plain.requests_per_minute, plain.rate_window_seconds) == (None, None)
+    with pytest.raises(SettingsError, match="'requests_per_minute' must be a positive integer"):
+        make_settings(accounts={ACCOUNT: {"max_jobs": 2, "requests_per_minute": 0}})
+
+
+async def test_vydras_concurrency_429_cools_the_account_and_every_job_runs_later(
+    make_settings, open_daemon, start_worker, app_client: Client, emulator: Emulator
+) -> None:  # type: ignore[no-untyped-def]
+    # Our accounts file claims 4 slots where the plan allows 2: vydra answers 429 (concurrent).
+    await emulator.control("POST", "vydra-accounts", {"key": KEY, "concurrent": 2})
+    await emulator.configure(vydra_rate_window_seconds=1.0)
+    spec = {"max_jobs": 4, "requests_per_minute": 60, "rate_window_seconds": 1.0}
+    settings = make_settings(emulator.url, accounts={ACCOUNT: spec})
+    await open_daemon(settings)
+    await start_worker(settings)
+    ids = [
+        await app_client.submit("vydra", "generate_image", {"prompt": f"[ok] [seconds=0.3] {n}"})
+        for n in range(4)
+    ]
+    async with asyncio.timeout(60):
+        done = [await app_client.wait(job_id) for job_id in ids]
+    assert [d["status"]["type"] for d in done] == ["completed"] * 4, done
+    stats = (await emulator.stats())["vydra"]["accounts"][KEY]  # type: ignore[index]
+    assert stats["rejected_429_concurrent"] >= 1 and stats["peak"] == 2 and stats["submitted"] == 4, stats
