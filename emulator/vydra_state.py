@@ -38,7 +38,7 @@ PENDING_FRACTION = 0.1
 HOUR_S = 3600.0
 DAY_S = 86400.0
 PROGRESS_FRACTIONS = (0.0, 0.5)
-STALE_PROGRESS = 50
+STALE_FRACTION = 0.5  # the reorder knob replays the job as it was half way, after the end
 
 # Workflow -> (kind of output, required input fields, model -> credits, default model).
 WORKFLOWS: dict[str, tuple[str, tuple[str, ...], dict[str, int], str]] = {
@@ -81,10 +81,11 @@ class VydraJob:
     def status_at(self, now: float) -> str:
         if self.cancelled_at is not None and now >= self.cancelled_at:
             return "cancelled"
-        elapsed = now - self.start
-        if elapsed < self.duration * PENDING_FRACTION:
+        # Compared with the end itself (not elapsed vs duration), so the instant of the end reads
+        # as ended whatever the float rounding.
+        if now < self.start + self.duration * PENDING_FRACTION and now < self.start + self.duration:
             return "pending"
-        if elapsed < self.duration:
+        if now < self.start + self.duration:
             return "running"
         return "completed" if self.error_type is None else "failed"
 
@@ -333,8 +334,7 @@ class VydraState:
                 planned.append(self._delivery(job, at, body_at(job, at), "progress"))
         planned.append(self._delivery(job, job.end, body_at(job, job.end), "terminal"))
         if config.webhook_reorder:
-            stale = body_at(job, job.start + 0.5 * job.duration)
-            stale["status"], stale["progress"] = "running", STALE_PROGRESS
+            stale = body_at(job, job.start + STALE_FRACTION * job.duration)
             planned.append(self._delivery(job, job.end, stale, "stale"))
         return planned
 

@@ -27,7 +27,7 @@ from daemon.services import Services
 from daemon.settings import Account
 from daemon.web.app import create_app
 from emulator.config import EmulatorConfig
-from tests.conftest import VYDRA_KEYS, Emulator
+from tests.conftest import API_KEYS, VYDRA_KEYS, Emulator
 
 KEY = VYDRA_KEYS["v1"]
 ACCOUNT = "vydra/v1"
@@ -38,7 +38,10 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture
 def emulator_config() -> EmulatorConfig:
     return EmulatorConfig(
-        vydra_accounts={KEY: {"plan": "creator"}}, job_seconds=0.2, vydra_rate_window_seconds=60.0
+        keys={API_KEYS["a1"]: 2},
+        vydra_accounts={KEY: {"plan": "creator"}},
+        job_seconds=0.2,
+        vydra_rate_window_seconds=60.0,
     )
 
 
@@ -382,6 +385,26 @@ async def test_a_dropped_webhook_is_recovered_by_the_safety_poll(
     assert (await emulator.stats())["vydra"]["callbacks"]["dropped"] == 1  # type: ignore[index]
 
 
+async def test_early_duplicated_and_reordered_webhooks_change_nothing(
+    relay, app_client: Client, emulator: Emulator
+) -> None:  # type: ignore[no-untyped-def]
+    await relay(GENRELAY_SAFETY_POLL_INTERVAL="600")
+    await emulator.configure(
+        webhook_before_submit_response=True,
+        webhook_progress=True,
+        webhook_duplicate_rate=1.0,
+        webhook_reorder=True,
+        vydra_status_shape="models",
+    )
+    done = await run_job(app_client, "[ok] an early bird")
+    assert done["status"]["type"] == "completed", done
+    assert done["submitTries"] == 1
+    events = await sources(app_client, done["jobId"])
+    assert sum(e.endswith(":completed") for e in events) == 1, events
+    callbacks = (await emulator.stats())["vydra"]["callbacks"]  # type: ignore[index]
+    assert callbacks["duplicated"] >= 3 and callbacks["failed"] == 0, callbacks
+
+
 async def test_a_webhook_without_ref_or_for_another_job_is_refused(relay, emulator: Emulator) -> None:  # type: ignore[no-untyped-def]
     services = await relay(worker=False)
     token = services.callback_tokens().issue("vydra", f"vydra-{'1' * 32}")
@@ -416,6 +439,20 @@ async def test_the_request_budget_keeps_fast_polls_under_the_plans_limit(
     assert stats["rejected_429"] == 0, stats
     assert stats["max_requests_in_window"] <= 10, stats
     assert stats["submitted"] == 6 and stats["polls"] >= 6, stats
+    assert await app_client.redis.exists(keys.request_budget_key("vydra", "v1"))
+
+
+async def test_other_providers_take_nothing_from_a_budget(
+    make_settings, open_daemon, start_worker, app_client: Client, emulator: Emulator
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(emulator.url, accounts={"a1": 2, ACCOUNT: 2})
+    await open_daemon(settings)
+    await start_worker(settings)
+    params = {"prompt": "[ok]", "model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
+    job_id = await app_client.submit("ltx", "text-to-video", params)
+    async with asyncio.timeout(30):
+        assert (await app_client.wait(job_id))["status"]["type"] == "completed"
+    assert await app_client.redis.keys("genrelay:{ltx}:budget:*") == []
 
 
 def test_accounts_file_budget_keys(make_settings) -> None:  # type: ignore[no-untyped-def]
