@@ -33,7 +33,7 @@ POLL_SHARE = 0.7  # status polls
 CONFIRM_SHARE = 0.85  # status reads of jobs that get callbacks: mostly a callback asked for them
 FULL_SHARE = 1.0  # submits, cancels
 WINDOW_PADDING = 0.05  # the daemon's window is this much longer than the provider's ...
-MIN_WINDOW_PADDING_S = 0.25  # ... and at least this much
+MIN_WINDOW_PADDING_S = 0.5  # ... and at least this much
 # Requests that may wait for budget wait at most this long before giving up like a 429.
 MAX_WAIT_S = 2.0
 
