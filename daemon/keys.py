@@ -162,3 +162,9 @@ def asset_index_key(provider: str, asset_type: str | None = None, workflow: str 
     if workflow:
         key += f":workflow:{workflow}"
     return key
+
+
+def request_budget_key(provider: str, account: str) -> str:
+    """zset of the requests one account made in its provider's rate window: request id -> taken
+    (ms, Redis server clock); see ``lua/take_request.lua``."""
+    return f"{tag(provider)}:budget:{account}"

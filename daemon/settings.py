@@ -35,7 +35,7 @@ __all__ = [
     "Settings",
 ]
 
-SUPPORTED_PROVIDERS: frozenset[str] = frozenset({"ltx", "ltxstudio"})
+SUPPORTED_PROVIDERS: frozenset[str] = frozenset({"ltx", "ltxstudio", "vydra"})
 DEFAULT_BASE_URLS: dict[str, str] = {
     "ltx": "https://api.ltx.video",
     "ltxstudio": "https://api.useapi.net",
@@ -51,7 +51,9 @@ MAX_ACCOUNT_JOBS = 1000
 
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
-_ACCOUNT_KEYS: tuple[str, ...] = ("provider", "name", "max_jobs", "api_key_env", "base_url")
+# Optional request budget (vydra): requests allowed per window, and the window's length.
+_BUDGET_KEYS: tuple[str, ...] = ("requests_per_minute", "rate_window_seconds")
+_ACCOUNT_KEYS: tuple[str, ...] = ("provider", "name", "max_jobs", "api_key_env", "base_url", *_BUDGET_KEYS)
 _REQUIRED_ACCOUNT_KEYS: tuple[str, ...] = ("provider", "name", "max_jobs", "api_key_env")
 
 _N = TypeVar("_N", int, float)
@@ -68,6 +70,9 @@ class Account:
         api_key_env: Name of the environment variable that holds the API key.
         base_url: Provider API root, without a trailing slash.
         api_key: The API key itself; kept out of ``repr`` so it cannot leak into logs.
+        requests_per_minute: The provider's request limit for this account (vydra: the plan's
+            rpm), when the accounts file sets it; None: learnt from the provider.
+        rate_window_seconds: The window ``requests_per_minute`` counts over (60 unless set).
     """
 
     provider: str
@@ -76,6 +81,8 @@ class Account:
     api_key_env: str
     base_url: str
     api_key: str = field(repr=False)
+    requests_per_minute: int | None = None
+    rate_window_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,7 +522,20 @@ class _AccountsParser:
             api_key_env=api_key_env,
             base_url=self._base_url(index, table, provider),
             api_key=self._api_key(index, table, api_key_env),
+            requests_per_minute=self._optional_number(index, table, "requests_per_minute", integer=True),
+            rate_window_seconds=self._optional_number(index, table, "rate_window_seconds", integer=False),
         )
+
+    def _optional_number(self, index: int, table: dict[str, Any], key: str, *, integer: bool) -> Any:
+        """A positive number (an integer when ``integer``), or None when the key is absent."""
+        if key not in table:
+            return None
+        value = table[key]
+        kinds = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+            kind = "a positive integer" if integer else "a positive number"
+            raise self._key_error(index, key, f"key {key!r} must be {kind}")
+        return value if integer else float(value)
 
     def _check_keys(self, index: int, table: dict[str, Any]) -> None:
         if "api_key" in table:

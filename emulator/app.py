@@ -10,11 +10,12 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from emulator import control, ltx, ltxstudio
+from emulator import control, ltx, ltxstudio, vydra
 from emulator.config import EmulatorConfig
 from emulator.ltxstudio_state import STUDIO_KEY, StudioState
 from emulator.responses import ApiError, error_response
 from emulator.state import STATE_KEY, EmulatorState
+from emulator.vydra_state import VYDRA_KEY, VydraState
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,12 @@ def create_app(
     state = app[STATE_KEY] = EmulatorState(config or EmulatorConfig(), clock)
     studio = app[STUDIO_KEY] = StudioState(state)
     app.cleanup_ctx.append(studio.webhooks.context)
+    vydra_state = app[VYDRA_KEY] = VydraState(state)
+    app.cleanup_ctx.append(vydra_state.webhooks.context)
     app.add_routes(control.routes())
     app.add_routes(ltx.routes())
     app.add_routes(ltxstudio.routes())
+    app.add_routes(vydra.routes())
     app.on_response_prepare.append(_add_request_id)
     return app
 
@@ -43,9 +47,13 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure, including the router's own 404/405/413, leaves in the provider's envelope:
-    useapi's ``{error, code}`` under /v1/ltxstudio/, LTX's ``{type, error}`` elsewhere."""
-    useapi = request.path.startswith(f"{ltxstudio.PREFIX}/")
-    render = ltxstudio.error_response if useapi else error_response
+    useapi's ``{error, code}`` under /v1/ltxstudio/, vydra's ``{error, code: "ERROR_CODE"}`` under
+    /api/v1/, LTX's ``{type, error}`` elsewhere."""
+    render = error_response
+    if request.path.startswith(f"{ltxstudio.PREFIX}/"):
+        render = ltxstudio.error_response
+    elif request.path.startswith(f"{vydra.PREFIX}/"):
+        render = vydra.error_response
     try:
         return await handler(request)
     except ApiError as exc:

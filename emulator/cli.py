@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from emulator.app import run
-from emulator.config import EmulatorConfig
+from emulator.config import VYDRA_PLANS, VYDRA_STATUS_SHAPES, EmulatorConfig, check_vydra_account
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +62,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for job ids, jitter and failures")
     _add_useapi_arguments(parser, defaults)
+    _add_vydra_arguments(parser, defaults)
+
+
+def _add_vydra_arguments(parser: argparse.ArgumentParser, defaults: EmulatorConfig) -> None:
+    """vydra.ai accounts (their webhooks share the callback fault knobs) and vydra's own knobs."""
+    parser.add_argument(
+        "--vydra-account",
+        action="append",
+        default=[],
+        type=_vydra_account_spec,
+        metavar="KEY[=PLAN]",
+        help=f"vydra.ai API key KEY (vydra_live_user_<id>_<random>) on PLAN ({', '.join(VYDRA_PLANS)}; "
+        "default free); repeatable",
+    )
+    parser.add_argument(
+        "--vydra-rate-window-seconds",
+        type=float,
+        default=defaults.vydra_rate_window_seconds,
+        help="the sliding window vydra's per-minute request limit counts over (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--vydra-status-shape",
+        choices=sorted(VYDRA_STATUS_SHAPES),
+        default=defaults.vydra_status_shape,
+        help="field names of vydra job status reads and webhooks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--vydra-list-webhook-url",
+        action="store_true",
+        help="GET /api/v1/jobs entries carry each job's webhookUrl",
+    )
+
+
+def _vydra_account_spec(text: str) -> tuple[str, str]:
+    key, _, plan = text.partition("=")
+    plan = plan or "free"
+    try:
+        check_vydra_account(key, {"plan": plan})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return key, plan
 
 
 def _add_useapi_arguments(parser: argparse.ArgumentParser, defaults: EmulatorConfig) -> None:
@@ -152,6 +193,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         webhook_progress=args.webhook_progress,
         webhook_allow_remote=args.webhook_allow_remote,
         completed_without_artifact_reads=args.completed_without_artifact_reads,
+        vydra_accounts={key: {"plan": plan} for key, plan in args.vydra_account},
+        vydra_rate_window_seconds=args.vydra_rate_window_seconds,
+        vydra_status_shape=args.vydra_status_shape,
+        vydra_list_webhook_url=args.vydra_list_webhook_url,
     )
 
 
@@ -165,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 2
-    if not config.keys and not config.accept_any_key and not config.useapi_accounts:
+    if not (config.keys or config.accept_any_key or config.useapi_accounts or config.vydra_accounts):
         print("emulator: no API keys configured; register some via POST /_emulator/keys", file=sys.stderr)
     try:
         run(config, args.host, args.port, on_ready=_announce)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,23 @@ LIVE_KNOBS: tuple[str, ...] = (
     "webhook_before_submit_response",
     "webhook_progress",
     "completed_without_artifact_reads",
+    # vydra.ai (emulator/vydra.py)
+    "vydra_rate_window_seconds",
+    "vydra_status_shape",
+    "vydra_list_webhook_url",
 )
+
+# vydra's plans (providers.md §3.5): requests per minute / hour / day and concurrent jobs.
+VYDRA_PLANS: dict[str, dict[str, int]] = {
+    "free": {"rpm": 10, "rph": 100, "rpd": 500, "concurrent": 2},
+    "starter": {"rpm": 30, "rph": 500, "rpd": 5000, "concurrent": 5},
+    "creator": {"rpm": 60, "rph": 1500, "rpd": 20000, "concurrent": 10},
+    # "custom" in the table; [I] a generous stand-in
+    "enterprise": {"rpm": 600, "rph": 20000, "rpd": 200000, "concurrent": 50},
+}
+VYDRA_ACCOUNT_FIELDS = frozenset({"plan", "rpm", "concurrent", "credits"})
+VYDRA_STATUS_SHAPES = frozenset({"documented", "models"})
+VYDRA_KEY_PATTERN = re.compile(r"^vydra_live_user_[A-Za-z0-9]+_[A-Za-z0-9]+$")
 
 DEFAULT_PUBLIC_BASE = "https://storage.emulator.invalid"
 
@@ -57,6 +74,18 @@ class EmulatorConfig:
     # A completed job reads as completed without its artifact this many times (and in its first
     # completion callback): the seed warns that status and artifact can be out of sync.
     completed_without_artifact_reads: int = 0
+    # vydra.ai: API key -> {plan (free|starter|creator|enterprise, default free), rpm, concurrent
+    # (override the plan's), credits (default 100000)}.
+    vydra_accounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The sliding window of vydra's request limit: the plan's rpm counts per this many seconds
+    # (60 as documented; tests use a short window).
+    vydra_rate_window_seconds: float = 60.0
+    # How a vydra job status reads: "documented" (``id``, ``output{url, videoUrl|imageUrl}``,
+    # ``error`` text) or "models" (the /models route's ``jobId``, ``videoUrl``, ``error{message,
+    # detail}``); also the webhook body.
+    vydra_status_shape: str = "documented"
+    # [I] GET /api/v1/jobs entries carry the job's ``webhookUrl`` (so a client can read its ref back).
+    vydra_list_webhook_url: bool = False
 
     def __post_init__(self) -> None:
         for key, max_jobs in self.keys.items():
@@ -77,6 +106,11 @@ class EmulatorConfig:
             _check_bool(name, getattr(self, name))
         _check_bool("webhook_allow_remote", self.webhook_allow_remote)
         _check_int("completed_without_artifact_reads", self.completed_without_artifact_reads, 0)
+        _check_vydra_accounts(self.vydra_accounts)
+        _check_number("vydra_rate_window_seconds", self.vydra_rate_window_seconds, 0.001, None)
+        if self.vydra_status_shape not in VYDRA_STATUS_SHAPES:
+            raise ValueError(f"vydra_status_shape must be one of {', '.join(sorted(VYDRA_STATUS_SHAPES))}")
+        _check_bool("vydra_list_webhook_url", self.vydra_list_webhook_url)
 
     def with_knobs(self, updates: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with some live knobs changed; raises ValueError on unknown or invalid values."""
@@ -89,7 +123,28 @@ class EmulatorConfig:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["keys"] = dict(self.keys)
         data["useapi_accounts"] = {token: dict(emails) for token, emails in self.useapi_accounts.items()}
+        data["vydra_accounts"] = {key: dict(account) for key, account in self.vydra_accounts.items()}
         return data
+
+
+def check_vydra_account(key: str, account: Mapping[str, Any]) -> None:
+    """A vydra key in vydra's format with known fields; raises ValueError naming the problem."""
+    if not VYDRA_KEY_PATTERN.match(key):
+        raise ValueError(f"vydra API keys look like vydra_live_user_<id>_<random>, not {key!r}")
+    unknown = sorted(set(account) - VYDRA_ACCOUNT_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown vydra account field(s): {', '.join(unknown)}")
+    plan = account.get("plan", "free")
+    if plan not in VYDRA_PLANS:
+        raise ValueError(f"vydra plan must be one of {', '.join(VYDRA_PLANS)}")
+    for name, minimum in (("rpm", 1), ("concurrent", 0), ("credits", 0)):
+        if name in account:
+            _check_int(name, account[name], minimum)
+
+
+def _check_vydra_accounts(accounts: Mapping[str, Mapping[str, Any]]) -> None:
+    for key, account in accounts.items():
+        check_vydra_account(key, account)
 
 
 def _check_useapi_accounts(accounts: Mapping[str, Mapping[str, int]]) -> None:

@@ -5,10 +5,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from emulator.config import check_vydra_account
 from emulator.faults import parse_fault
 from emulator.ltxstudio_state import STUDIO_KEY
 from emulator.responses import ApiError, json_response
 from emulator.state import STATE_KEY
+from emulator.vydra_state import VYDRA_KEY
 
 PREFIX = "/_emulator"
 
@@ -24,12 +26,14 @@ def routes() -> list[web.RouteDef]:
         web.post(f"{PREFIX}/reset", reset),
         web.get(f"{PREFIX}/jobs", list_jobs),
         web.post(f"{PREFIX}/useapi-accounts", register_useapi_account),
+        web.post(f"{PREFIX}/vydra-accounts", register_vydra_account),
         web.post(f"{PREFIX}/webhooks/flush", flush_webhooks),
     ]
 
 
 async def stats(request: web.Request) -> web.Response:
-    return json_response(request.app[STATE_KEY].stats() | request.app[STUDIO_KEY].stats())
+    app = request.app
+    return json_response(app[STATE_KEY].stats() | app[STUDIO_KEY].stats() | app[VYDRA_KEY].stats())
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -74,12 +78,26 @@ async def register_useapi_account(request: web.Request) -> web.Response:
     return json_response({"token": token, "email": email, "maxJobs": max_jobs})
 
 
+async def register_vydra_account(request: web.Request) -> web.Response:
+    """Add a vydra account ``{key, plan?, rpm?, concurrent?, credits?}``, or change it."""
+    body = await read_object(request)
+    key = body.pop("key", None)
+    if not isinstance(key, str) or not key:
+        raise ApiError(400, "key must be a non-empty string")
+    try:
+        check_vydra_account(key, body)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    account = request.app[VYDRA_KEY].register(key, body)
+    return json_response({"key": key, **account.to_json(request.app[VYDRA_KEY].now())})
+
+
 async def flush_webhooks(request: web.Request) -> web.Response:
-    """Send the callbacks due by the emulator clock now and wait for them, so a test that moved a
-    fake clock can assert what was (not) sent without waiting for the background sender."""
-    webhooks = request.app[STUDIO_KEY].webhooks
-    due = await webhooks.flush()
-    return json_response({"due": due, "pending": webhooks.pending()})
+    """Send the callbacks due by the emulator clock now (both contracts) and wait for them, so a
+    test that moved a fake clock can assert what was (not) sent without waiting for the sender."""
+    studio, vydra = request.app[STUDIO_KEY].webhooks, request.app[VYDRA_KEY].webhooks
+    due = await studio.flush() + await vydra.flush()
+    return json_response({"due": due, "pending": studio.pending() + vydra.pending()})
 
 
 async def list_faults(request: web.Request) -> web.Response:
@@ -100,6 +118,7 @@ async def add_fault(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     request.app[STATE_KEY].reset()
     request.app[STUDIO_KEY].reset()
+    request.app[VYDRA_KEY].reset()
     return json_response({"reset": True})
 
 

@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +23,11 @@ from emulator.config import EmulatorConfig
 
 USEAPI_TOKEN = "user:12345-useapi-test-token"
 API_KEYS = {"a1": "key-a1-0123456789", "a2": "key-a2-0123456789", "a3": "key-a3-0123456789"}
+# vydra accounts by name: ``vydra/v1`` in an accounts map reads its key from VYDRA_KEY_V1.
+VYDRA_KEYS = {"v1": "vydra_live_user_1001_testkeyalpha", "v2": "vydra_live_user_1002_testkeybravo"}
+# An accounts-map entry: max_jobs, or a table of account keys (``max_jobs`` and optional ones such
+# as ``requests_per_minute``).
+AccountSpec = int | dict[str, object]
 
 
 @pytest.fixture(scope="session")
@@ -93,16 +98,21 @@ async def emulator(emulator_config: EmulatorConfig) -> AsyncIterator[Emulator]:
             await server.close()
 
 
-def write_accounts(path: Path, base_url: str, accounts: dict[str, int]) -> Path:
+def write_accounts(path: Path, base_url: str, accounts: Mapping[str, AccountSpec]) -> Path:
     """One ``[[account]]`` per entry; a name ``ltxstudio/EMAIL`` makes a useapi LTX Studio account
-    (all of them share the one useapi token, as one subscription does), a bare name an ltx one."""
+    (all of them share the one useapi token, as one subscription does), ``vydra/NAME`` a vydra one
+    (key ``VYDRA_KEY_<NAME>``), a bare name an ltx one. A table value adds optional account keys."""
     tables = []
-    for entry, max_jobs in accounts.items():
+    for entry, spec in accounts.items():
         provider, _, name = entry.rpartition("/")
         provider = provider or "ltx"
-        key_env = "USEAPI_TOKEN" if provider == "ltxstudio" else f"LTX_KEY_{name.upper()}"
+        options = dict(spec) if isinstance(spec, dict) else {"max_jobs": spec}
+        key_env = {"ltxstudio": "USEAPI_TOKEN", "vydra": f"VYDRA_KEY_{name.upper()}"}.get(
+            provider, f"LTX_KEY_{name.upper()}"
+        )
+        lines = "".join(f"{key} = {value!r}\n" for key, value in options.items())
         tables.append(
-            f'[[account]]\nprovider = "{provider}"\nname = "{name}"\nmax_jobs = {max_jobs}\n'
+            f'[[account]]\nprovider = "{provider}"\nname = "{name}"\n{lines}'
             f'api_key_env = "{key_env}"\nbase_url = "{base_url}"\n'
         )
     path.write_text("\n".join(tables), encoding="utf-8")
@@ -117,7 +127,7 @@ def make_settings(tmp_path: Path, redis_url: str) -> SettingsFactory:
     """Settings for a test: ltx accounts pointing at ``base_url``, short timings, extra env on top."""
 
     def build(
-        base_url: str = "http://127.0.0.1:9", accounts: dict[str, int] | None = None, **env: str
+        base_url: str = "http://127.0.0.1:9", accounts: Mapping[str, AccountSpec] | None = None, **env: str
     ) -> Settings:
         return Settings.from_env(process_env(tmp_path, redis_url, base_url, accounts, **env))
 
@@ -125,7 +135,11 @@ def make_settings(tmp_path: Path, redis_url: str) -> SettingsFactory:
 
 
 def process_env(
-    tmp_path: Path, redis_url: str, base_url: str, accounts: dict[str, int] | None = None, **env: str
+    tmp_path: Path,
+    redis_url: str,
+    base_url: str,
+    accounts: Mapping[str, AccountSpec] | None = None,
+    **env: str,
 ) -> dict[str, str]:
     """The environment a test process runs with (also handed to subprocesses)."""
     accounts = accounts if accounts is not None else {"a1": 2}
@@ -141,6 +155,7 @@ def process_env(
         "GENRELAY_LOG_FORMAT": "json",
         **{f"LTX_KEY_{name.upper()}": key for name, key in API_KEYS.items()},
         "USEAPI_TOKEN": USEAPI_TOKEN,
+        **{f"VYDRA_KEY_{name.upper()}": key for name, key in VYDRA_KEYS.items()},
     }
     values.update(env)
     return values

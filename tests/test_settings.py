@@ -222,7 +222,7 @@ api_key_env = "LTXV_BACKUP_KEY"
             '"ltx"\nname = "backup"',
             '"runway"\nname = "backup"',
             10,
-            "provider 'runway' is not supported (supported: ltx, ltxstudio)",
+            "provider 'runway' is not supported (supported: ltx, ltxstudio, vydra)",
         ),
         (
             'name = "backup"',

@@ -20,6 +20,7 @@ from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import TERMINAL, Job, State, Update
 from daemon.metrics import METRICS
 from daemon.providers import get_provider
+from daemon.request_budget import BudgetExhausted, RequestBudget, attach
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("genrelay.poll")
@@ -61,6 +62,11 @@ class Poller:
         self.unchanged: list[str] = []
         self.wake = asyncio.Event()
         self.stats = PollStats()
+        # Providers that limit requests per window (vydra) take every request from a budget
+        # shared through Redis; it rides on the process's provider session.
+        services = runtime.services
+        self.budget = RequestBudget(services.client, services.scripts)
+        attach(runtime.session, self.budget)
 
     async def run(self) -> None:
         store = self.runtime.services.store
@@ -123,6 +129,10 @@ class Poller:
                 )
             async with self.account_limits[account.name]:
                 update = await self.adapter.status(self.runtime.session, account, job)
+        except BudgetExhausted as exc:
+            # Not sent, so not an error: the poll waits for the account's budget.
+            await self.budget.postpone_poll(self.provider, job.id, exc)
+            return
         except ProviderError as exc:
             self.stats.errors += 1
             retry_ms = int((exc.retry_after or 0) * 1000)

@@ -66,7 +66,12 @@ async def receive_callback(request: web.Request) -> web.Response:
         raise InvalidRequest("the callback body must be a JSON object")
     reply_ref, update = adapter.parse_callback(body, confirm=services.settings.callback_confirm)
     if reply_ref is None:
-        raise InvalidRequest("'replyRef' is missing: genrelay finds the job by it")
+        # Providers whose body carries no reference of ours (vydra) get it in the URL's query.
+        reply_ref = request.query.get("ref") or None
+    if reply_ref is None:
+        raise InvalidRequest(
+            "the callback names no job: neither 'replyRef' in the body nor 'ref' in the URL's query"
+        )
     if reply_ref != job_id:
         raise NotFound(BAD_TOKEN)
     poll_ms = int(services.settings.poll_interval * 1000)

@@ -466,7 +466,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             "A provider's webhook for one job",
             {
                 200: json_body(ref("CallbackReceived"), "recorded (or a no-op for a job already gone)"),
-                400: error("malformed JSON, not an object, or no replyRef"),
+                400: error("malformed JSON, not an object, or no job reference (replyRef, or ?ref=)"),
                 404: error("unknown provider, or a token not valid for this provider and job"),
                 408: error("the body did not arrive in time"),
                 413: error(f"body larger than {MAX_BODY_BYTES} bytes"),
@@ -482,12 +482,22 @@ PATHS: dict[str, dict[str, Schema]] = {
                     "schema": {"type": "string"},
                     "description": "the per-job capability token genrelay put in the replyUrl",
                 },
+                {
+                    "name": "ref",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "our job id, for providers whose body carries none (vydra's webhookUrl)",
+                },
             ],
             request_body={
                 "required": True,
                 "content": {
                     "application/json": {
-                        "schema": {"type": "object", "description": "the provider's payload, with replyRef"}
+                        "schema": {
+                            "type": "object",
+                            "description": "the provider's payload (useapi: with replyRef)",
+                        }
                     }
                 },
             },
