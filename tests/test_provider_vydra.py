@@ -367,7 +367,7 @@ async def test_a_webhook_ends_the_job_after_a_confirming_read(
     done = await run_job(app_client, "[ok] a lighthouse")
     assert done["status"]["type"] == "completed", done
     assert done["status"]["artifact"]["assetUrl"].endswith(f"{done['providerJobId']}.mp4")
-    assert done["endedBy"] == "poll"
+    assert done["endedBy"] == "callback"  # a status read asked for by the webhook ended it
     assert "callback:active" in await sources(app_client, done["jobId"])
     stats = (await emulator.stats())["vydra"]
     assert stats["submissions_by_ref"] == {done["jobId"]: 1}  # type: ignore[index]
@@ -382,6 +382,7 @@ async def test_a_dropped_webhook_is_recovered_by_the_safety_poll(
     done = await run_job(app_client, "[ok] a message in a bottle")
     assert done["status"]["type"] == "completed", done
     assert not any(s.startswith("callback:") for s in await sources(app_client, done["jobId"]))
+    assert done["endedBy"] == "safety_poll"
     assert (await emulator.stats())["vydra"]["callbacks"]["dropped"] == 1  # type: ignore[index]
 
 
