@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.set_defaults(command=cmd_emulator)
 
     demo = sub.add_parser("demo", help="run jobs end to end on embedded Redis and the emulator")
-    demo.add_argument("--jobs", type=int, default=32, help="jobs to push through (default: %(default)s)")
+    demo.add_argument("--jobs", type=int, default=36, help="jobs to push through (default: %(default)s)")
     demo.add_argument(
         "--failure-rate", type=float, default=0.15, help="emulator failure knob (default: %(default)s)"
     )

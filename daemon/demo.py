@@ -1,8 +1,10 @@
 """``genrelay demo`` (``make demo``): the whole job path on the embedded default.
 
-Starts an embedded Redis, the provider emulator, one web and one worker process (each a real
-process, as in production), pushes jobs through ``POST /v1/jobs``, shows live progress from the
-events stream, prints a summary and stops everything it started.
+Starts an embedded Redis, the provider emulator (all three providers on one port), one web and one
+worker process (each a real process, as in production), pushes jobs for ``ltx``, ``ltxstudio`` and
+``vydra`` accounts through ``POST /v1/jobs``, shows live progress from the events streams, prints a
+summary per provider and account (jobs done, peak concurrency against ``maxJobs``, how each job
+ended) and stops everything it started.
 """
 
 from __future__ import annotations
@@ -24,21 +26,54 @@ from daemon import keys
 from daemon.processes import Child, child_env, stop_all
 from daemon.redis import EmbeddedRedis, connect
 
-ACCOUNTS = {"studio-a": 3, "studio-b": 2}
-OPERATIONS: list[tuple[str, dict[str, Any]]] = [
-    ("text-to-video", {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}),
-    (
-        "image-to-video",
-        {
-            "model": "ltx-2-pro",
-            "duration": 6,
-            "resolution": "1920x1080",
-            "image_uri": "https://example.com/still.png",
-        },
-    ),
-    ("extend", {"video_uri": "https://example.com/clip.mp4", "duration": 2}),
-    ("video-to-video-hdr", {"video_uri": "https://example.com/clip.mp4"}),
-]
+
+@dataclass(frozen=True)
+class DemoAccount:
+    provider: str
+    name: str
+    max_jobs: int
+    key: str  # the API key (useapi: the token shared by its accounts)
+
+
+USEAPI_TOKEN = "user:1000-demo-useapi-token"
+VYDRA_PLAN = "starter"  # 30 requests per window, 5 concurrent jobs
+# vydra counts requests per minute; the demo's emulator runs that clock six times faster, as it
+# runs jobs in seconds, and genrelay's request budget is told so in the accounts file.
+VYDRA_WINDOW_S = 10
+VYDRA_REQUESTS = 30
+ACCOUNTS = (
+    DemoAccount("ltx", "studio-a", 3, "demo-key-studio-a"),
+    DemoAccount("ltx", "studio-b", 2, "demo-key-studio-b"),
+    DemoAccount("ltxstudio", "maker-1@example.com", 2, USEAPI_TOKEN),
+    DemoAccount("ltxstudio", "maker-2@example.com", 2, USEAPI_TOKEN),
+    DemoAccount("vydra", "vydra-main", 3, "vydra_live_user_1000_demokey"),
+)
+PROVIDERS = ("ltx", "ltxstudio", "vydra")
+OPERATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "ltx": [
+        ("text-to-video", {"model": "ltx-2-3-fast", "duration": 4, "resolution": "1920x1080"}),
+        (
+            "image-to-video",
+            {
+                "model": "ltx-2-3-pro",
+                "duration": 6,
+                "resolution": "1920x1080",
+                "image_uri": "https://example.com/still.png",
+            },
+        ),
+        ("video-to-video-hdr", {"video_uri": "https://example.com/clip.mp4"}),
+    ],
+    "ltxstudio": [
+        ("videos/ltx-create", {"model": "ltxv-turbo", "duration": "5"}),
+        ("images/create", {"model": "flux"}),
+    ],
+    "vydra": [
+        ("generate_video", {"model": "veo3", "aspect_ratio": "16:9"}),
+        ("generate_image", {"model": "gemini-image"}),
+    ],
+}
+# How a job ended (its ``endedBy``), as the summary names it.
+ENDINGS = {"callback": "webhook", "poll": "poll", "safety_poll": "safety poll"}
 PROMPTS = ["a lighthouse at dawn", "a red fox in snow", "city lights from a train", "waves on black sand"]
 READY_TIMEOUT_S = 30.0
 DEMO_TIMEOUT_S = 600.0
@@ -78,7 +113,7 @@ class Progress:
         return f"[{bar}] {finished}/{total}  {parts}  {elapsed:5.1f}s"
 
 
-def run_demo(*, jobs: int = 32, failure_rate: float = 0.15, job_seconds: float = 2.0) -> int:
+def run_demo(*, jobs: int = 36, failure_rate: float = 0.15, job_seconds: float = 2.0) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="genrelay-demo-"))
     redis = EmbeddedRedis(workdir / "redis")
     children: list[Child] = []
@@ -88,7 +123,11 @@ def run_demo(*, jobs: int = 32, failure_rate: float = 0.15, job_seconds: float =
         print(f"demo: embedded Redis {redis_version()} on {url} (AOF on)", flush=True)
         emulator_url, emulator = start_emulator(workdir, failure_rate, job_seconds)
         children.append(emulator)
-        print(f"demo: provider emulator on {emulator_url} (failure rate {failure_rate:.0%})", flush=True)
+        print(
+            f"demo: provider emulator (ltx, ltxstudio, vydra) on {emulator_url}: failure rate "
+            f"{failure_rate:.0%}, {WEBHOOK_DROP_RATE:.0%} of webhooks dropped",
+            flush=True,
+        )
         port = free_port()
         env = child_env(
             {
@@ -97,9 +136,13 @@ def run_demo(*, jobs: int = 32, failure_rate: float = 0.15, job_seconds: float =
                 "GENRELAY_DATA_DIR": str(workdir),
                 "GENRELAY_PORT": str(port),
                 "GENRELAY_HOST": "127.0.0.1",
+                # The providers with webhooks call back here (loopback: nothing leaves the machine).
+                "GENRELAY_PUBLIC_URL": f"http://127.0.0.1:{port}",
                 "GENRELAY_POLL_INTERVAL": "0.5",
+                "GENRELAY_SAFETY_POLL_INTERVAL": "3",
+                "GENRELAY_CAPACITY_SYNC_INTERVAL": "5",
                 "GENRELAY_LOG_FORMAT": "json",
-                **{f"DEMO_KEY_{i}": key for i, key in enumerate(demo_keys())},
+                **{key_env(account): account.key for account in ACCOUNTS},
             }
         )
         children.append(Child("worker", ["daemon", "worker"], env, workdir / "worker.log").start())
@@ -116,25 +159,41 @@ def run_demo(*, jobs: int = 32, failure_rate: float = 0.15, job_seconds: float =
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def demo_keys() -> list[str]:
-    return [f"demo-key-{name}" for name in ACCOUNTS]
+WEBHOOK_DROP_RATE = 0.2  # so some jobs show the safety poll at work
+
+
+def key_env(account: DemoAccount) -> str:
+    """The environment variable the accounts file names for the account's key."""
+    if account.provider == "ltxstudio":
+        return "DEMO_USEAPI_TOKEN"
+    return "DEMO_KEY_" + account.name.upper().replace("-", "_")
 
 
 def write_accounts(workdir: Path, emulator_url: str) -> Path:
     path = workdir / "accounts.toml"
-    tables = [
-        f'[[account]]\nprovider = "ltx"\nname = "{name}"\nmax_jobs = {max_jobs}\n'
-        f'api_key_env = "DEMO_KEY_{i}"\nbase_url = "{emulator_url}"\n'
-        for i, (name, max_jobs) in enumerate(ACCOUNTS.items())
-    ]
+    tables = []
+    for account in ACCOUNTS:
+        extra = ""
+        if account.provider == "vydra":
+            extra = f"requests_per_minute = {VYDRA_REQUESTS}\nrate_window_seconds = {VYDRA_WINDOW_S}\n"
+        tables.append(
+            f'[[account]]\nprovider = "{account.provider}"\nname = "{account.name}"\n'
+            f'max_jobs = {account.max_jobs}\napi_key_env = "{key_env(account)}"\n'
+            f'base_url = "{emulator_url}"\n{extra}'
+        )
     path.write_text("\n".join(tables), encoding="utf-8")
     return path
 
 
 def start_emulator(workdir: Path, failure_rate: float, job_seconds: float) -> tuple[str, Child]:
-    key_args = [
-        f"--key={key}={max_jobs}" for key, max_jobs in zip(demo_keys(), ACCOUNTS.values(), strict=True)
-    ]
+    account_args = []
+    for account in ACCOUNTS:
+        if account.provider == "ltx":
+            account_args.append(f"--key={account.key}={account.max_jobs}")
+        elif account.provider == "ltxstudio":
+            account_args.append(f"--useapi-account={account.key}:{account.name}={account.max_jobs}")
+        else:
+            account_args.append(f"--vydra-account={account.key}={VYDRA_PLAN}")
     args = [
         "emulator",
         "--port",
@@ -145,10 +204,14 @@ def start_emulator(workdir: Path, failure_rate: float, job_seconds: float) -> tu
         "0.5",
         "--failure-rate",
         str(failure_rate),
+        "--webhook-drop-rate",
+        str(WEBHOOK_DROP_RATE),
+        "--vydra-rate-window-seconds",
+        str(VYDRA_WINDOW_S),
         # The same failures every run, so the demo always shows some.
         "--seed",
         "7",
-        *key_args,
+        *account_args,
     ]
     child = Child("emulator", args, child_env({}))
     child.process = subprocess.Popen(
@@ -187,15 +250,17 @@ async def drive(web_url: str, redis_url: str, emulator_url: str, count: int, chi
         print(f"demo: genrelay web on {web_url}, 1 worker; submitting {count} jobs", flush=True)
         redis = await connect(redis_url)
         try:
-            last_id = "$"
-            newest = await redis.xrevrange(keys.events_key("ltx"), count=1)
-            if newest:
-                last_id = newest[0][0]
+            streams: dict[str, str] = {}
+            for provider in PROVIDERS:
+                newest = await redis.xrevrange(keys.events_key(provider), count=1)
+                streams[keys.events_key(provider)] = newest[0][0] if newest else "0-0"
             progress = Progress()
             for n in range(count):
-                operation, params = OPERATIONS[n % len(OPERATIONS)]
+                provider = PROVIDERS[n % len(PROVIDERS)]
+                work = OPERATIONS[provider]
+                operation, params = work[(n // len(PROVIDERS)) % len(work)]
                 body = {
-                    "provider": "ltx",
+                    "provider": provider,
                     "operation": operation,
                     "priority": 5,
                     "params": {**params, "prompt": f"{PROMPTS[n % len(PROMPTS)]} #{n + 1}"},
@@ -206,7 +271,7 @@ async def drive(web_url: str, redis_url: str, emulator_url: str, count: int, chi
                         print(f"demo: submit refused: {resp.status} {answer}", file=sys.stderr)
                         return 1
                 progress.state[answer["jobId"]] = "queued"
-            await follow(redis, last_id, progress)
+            await follow(redis, streams, progress)
             return await summarize(http, web_url, emulator_url, progress)
         finally:
             await redis.aclose()
@@ -228,18 +293,18 @@ async def wait_ready(http: aiohttp.ClientSession, web_url: str, children: list[C
     raise RuntimeError(f"genrelay web did not become ready within {READY_TIMEOUT_S:g}s")
 
 
-async def follow(redis: Any, last_id: str, progress: Progress) -> None:
-    """Render progress from the events stream until every job has ended."""
+async def follow(redis: Any, streams: dict[str, str], progress: Progress) -> None:
+    """Render progress from the providers' events streams until every job has ended."""
     tty = sys.stdout.isatty()
     start = time.monotonic()
     printed = 0.0
     while not progress.done():
         if time.monotonic() - start > DEMO_TIMEOUT_S:
             raise RuntimeError("jobs did not finish in time; see the worker log")
-        reply = await redis.xread({keys.events_key("ltx"): last_id}, block=500, count=1000)
-        for _, entries in reply:
+        reply = await redis.xread(streams, block=500, count=1000)
+        for stream, entries in reply:
             for entry_id, fields in entries:
-                last_id = entry_id
+                streams[stream] = entry_id
                 progress.apply(fields)
         elapsed = time.monotonic() - start
         if tty:
@@ -259,6 +324,8 @@ async def summarize(http: aiohttp.ClientSession, web_url: str, emulator_url: str
             jobs.append(await resp.json())
     async with http.get(f"{emulator_url}/_emulator/stats") as resp:
         stats = await resp.json()
+    async with http.get(f"{web_url}/v1/assets", params={"limit": 1}) as resp:
+        assets = (await resp.json())["meta"]["totalItems"]
     completed = [j for j in jobs if j["status"]["type"] == "completed"]
     failed = [j for j in jobs if j["status"]["type"] == "failed"]
     queue_s = [(j["submittedAt"] - j["createdAt"]) / 1000 for j in jobs if j["submittedAt"]]
@@ -269,24 +336,60 @@ async def summarize(http: aiohttp.ClientSession, web_url: str, emulator_url: str
     print(f"  jobs        {len(jobs)}: completed {len(completed)}, failed {len(failed)}")
     print(f"  in queue    mean {mean(queue_s):.2f}s  max {max(queue_s, default=0):.2f}s")
     print(f"  at provider mean {mean(provider_s):.2f}s  max {max(provider_s, default=0):.2f}s")
+    print(f"  assets      {assets} listed by GET /v1/assets (one per completed job)")
     reasons: dict[str, int] = {}
     for job in failed:
         reason = job["status"].get("message", "?")
         reasons[reason] = reasons.get(reason, 0) + 1
     for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):
         print(f"  failed x{n}: {reason}")
+    rows = [("provider", "account", "done", "completed", "failed", "peak/maxJobs", "ended by")]
     over = False
-    for key, max_jobs in zip(demo_keys(), ACCOUNTS.values(), strict=True):
-        peak = stats["keys"][key]["peak"]
-        over |= peak > max_jobs
-        name = list(ACCOUNTS)[demo_keys().index(key)]
-        print(f"  account {name}: peak {peak} concurrent jobs at the provider (maxJobs {max_jobs})")
+    for account in ACCOUNTS:
+        mine = [j for j in jobs if j["provider"] == account.provider and j["account"] == account.name]
+        peak = emulator_peak(stats, account)
+        over |= peak > account.max_jobs
+        rows.append(
+            (
+                account.provider,
+                account.name,
+                str(len(mine)),
+                str(sum(j["status"]["type"] == "completed" for j in mine)),
+                str(sum(j["status"]["type"] == "failed" for j in mine)),
+                f"{peak}/{account.max_jobs}",
+                endings(mine),
+            )
+        )
+    print()
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print("  (peak: the most jobs the provider ran at once on the account, as the emulator counted them)")
     unfinished = len(jobs) - len(completed) - len(failed)
-    if unfinished or over:
-        print("demo: FAILED: " + ("jobs left unfinished" if unfinished else "an account ran over maxJobs"))
+    if unfinished or over or assets != len(completed):
+        problem = "jobs left unfinished" if unfinished else "an account ran over maxJobs" if over else ""
+        print(f"demo: FAILED: {problem or 'the asset listing does not match the completed jobs'}")
         return 1
     print("demo: every job reached a terminal state; no account ran over its maxJobs")
     return 0
+
+
+def emulator_peak(stats: dict[str, Any], account: DemoAccount) -> int:
+    """The emulator's own count of the most jobs it ran at once on the account."""
+    if account.provider == "ltx":
+        return int(stats["keys"][account.key]["peak"])
+    if account.provider == "ltxstudio":
+        return int(stats["useapi_accounts"][account.name]["peak"])
+    return int(stats["vydra"]["accounts"][account.key]["peak"])
+
+
+def endings(jobs: list[dict[str, Any]]) -> str:
+    """How the jobs ended: webhook, poll, safety poll (and anything else by its own name)."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        name = ENDINGS.get(job.get("endedBy") or "", job.get("endedBy") or "?")
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def mean(values: list[float]) -> float:
