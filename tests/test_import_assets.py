@@ -20,8 +20,10 @@ from daemon.asset_import import import_assets
 from daemon.assets import AssetStore
 from daemon.client import Client
 from daemon.errors import DaemonError
+from daemon.providers import get_provider
+from daemon.providers.useapi import UseapiProvider
 from daemon.services import Services
-from daemon.settings import Settings
+from daemon.settings import Account, Settings
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, USEAPI_TOKEN, Emulator, process_env
 
@@ -204,3 +206,27 @@ async def test_a_provider_error_stops_the_import_and_says_what_to_do(
     assert "failed on page 1" in message and "Account configuration not found" in message
     assert "check that 'ghost@example.com' is the account's name at ltxstudio" in message
     assert await store.list_assets() == ([], 0)
+
+
+async def test_the_useapi_listing_pages_and_filters_by_kind(emulator: Emulator) -> None:
+    """The adapter's own listing: every page of the account, and one kind only with ``filter``."""
+    outside = await start_outside_jobs(emulator)
+    adapter = get_provider("ltxstudio")
+    assert isinstance(adapter, UseapiProvider)
+    account = Account(
+        provider="ltxstudio",
+        name=EMAIL,
+        max_jobs=5,
+        api_key_env="USEAPI_TOKEN",
+        base_url=emulator.url,
+        api_key=USEAPI_TOKEN,
+    )
+    async with aiohttp.ClientSession() as session:
+        pages = [await adapter.list_assets(session, account, page=n, limit=3) for n in (1, 2, 3)]
+        images = await adapter.list_assets(session, account, page=1, limit=10, kind="images")
+    assert [len(page.assets) for page in pages] == [3, 3, 1]
+    assert [page.has_more for page in pages] == [True, True, False]
+    listed = [asset.provider_job_id for page in pages for asset in page.assets]
+    assert listed == list(reversed(outside))  # all of them, newest first
+    assert images.assets and {asset.kind for asset in images.assets} == {"images"}
+    assert [a.provider_job_id for a in images.assets] == [j for j in reversed(outside) if "type:image" in j]

@@ -200,11 +200,21 @@ class UseapiProvider:
         return ProviderCapacity(executing=tuple(running), max_jobs=max_jobs)
 
     async def list_assets(
-        self, session: aiohttp.ClientSession, account: Account, *, page: int, limit: int
+        self,
+        session: aiohttp.ClientSession,
+        account: Account,
+        *,
+        page: int,
+        limit: int,
+        kind: str | None = None,
     ) -> AssetPage:
-        """``GET assets/?email=&page=&limit=``: the account's finished artifacts, newest first (seed
-        000); the signed URLs in it are fresh, so a listing also renews known assets' links."""
-        query = urlencode({"email": account.name, "page": page, "limit": limit})
+        """``GET assets/?email=&page=&limit=[&filter=]``: the account's finished artifacts, newest
+        first (seed 000), of one ``kind`` (images, videos, audio, other) when given; the signed URLs
+        in it are fresh, so a listing also renews known assets' links."""
+        params: dict[str, str | int] = {"email": account.name, "page": page, "limit": limit}
+        if kind is not None:
+            params["filter"] = kind
+        query = urlencode(params)
         _, body = await request_json(
             session, "GET", self._url(account, f"assets/?{query}"), account=account, classify=classify
         )
