@@ -95,6 +95,7 @@ class Settings:
     secret_previous: str | None = field(repr=False)
     host: str
     port: int
+    body_timeout: float
     poll_interval: float
     poll_batch: int
     poll_concurrency: int
@@ -156,6 +157,9 @@ class Settings:
             secret_previous=reader.text("SECRET_PREVIOUS"),
             host=reader.text("HOST") or "127.0.0.1",
             port=reader.integer("PORT", 8080, low=0, high=65535),  # 0: any free port (tests)
+            # aiohttp has no deadline on reading a request body: a client that trickles it (slowloris)
+            # would hold a handler forever. Past this many seconds it gets 408.
+            body_timeout=reader.number("BODY_TIMEOUT", 10.0),
             poll_interval=reader.number("POLL_INTERVAL", 5.0),
             poll_batch=reader.integer("POLL_BATCH", 200, low=1),
             poll_concurrency=reader.integer("POLL_CONCURRENCY", 32, low=1),

@@ -46,9 +46,9 @@ async def check_invariants(
     await _no_lease_or_waiting_job_left(client, providers)
     await _peaks_within_max_jobs(oracle, allow_over_max)
     await _submissions_bounded(oracle, max_submissions)
-    _no_server_errors(statuses_seen, logs or {})
+    no_server_errors(statuses_seen, logs or {})
     stored_secret = await client.get(keys.SECRET)
-    _no_secrets_logged(logs or {}, [*secrets, *([stored_secret] if stored_secret else [])])
+    no_secrets_logged(logs or {}, [*secrets, *([stored_secret] if stored_secret else [])])
 
 
 async def _one_terminal_record_each(client: aioredis.Redis, ids: list[str], providers: list[str]) -> None:
@@ -101,7 +101,7 @@ async def _submissions_bounded(oracle: Oracle, max_submissions: int) -> None:
         )
 
 
-def _no_server_errors(statuses_seen: Iterable[int], logs: Mapping[str, str]) -> None:
+def no_server_errors(statuses_seen: Iterable[int], logs: Mapping[str, str]) -> None:
     errors = [status for status in statuses_seen if status >= 500]
     assert errors == [], f"the test saw 5xx answers: {errors}"
     for name, text in logs.items():
@@ -116,7 +116,7 @@ def _no_server_errors(statuses_seen: Iterable[int], logs: Mapping[str, str]) -> 
                 raise AssertionError(f"{name} answered a 5xx: {line}")
 
 
-def _no_secrets_logged(logs: Mapping[str, str], secrets: Iterable[str]) -> None:
+def no_secrets_logged(logs: Mapping[str, str], secrets: Iterable[str]) -> None:
     values = sorted({value for value in secrets if len(value) >= 4})
     for name, text in logs.items():
         for value in values:
