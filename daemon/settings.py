@@ -111,6 +111,7 @@ class Settings:
     queue_poll_delay: float
     job_timeout: float
     shutdown_grace: float
+    health_interval: float
     callback_confirm: bool
     worker_metrics_port: int | None
     safety_poll_interval: float
@@ -184,6 +185,9 @@ class Settings:
             # On SIGTERM a worker takes no new task and lets running ones finish for this long; more
             # than a provider request's 30 s timeout, so a submission is never cut off mid-call.
             shutdown_grace=reader.number("SHUTDOWN_GRACE", 35.0),
+            # A worker writes its health record this often, from its main loop; it lives one second
+            # longer, so `genrelay worker --check` fails soon after no worker's loop is turning.
+            health_interval=reader.number("HEALTH_INTERVAL", 10.0),
             # A callback is a hint: before a job ends on one, read its status from the provider.
             callback_confirm=reader.flag("CALLBACK_CONFIRM", True),
             # The worker's own /metrics port: unset = off, 0 = any free port.

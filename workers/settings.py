@@ -26,7 +26,6 @@ from workers.submit import dispatch_waiting, submit_job
 
 log = structlog.get_logger("genrelay.worker")
 
-HEALTH_CHECK_INTERVAL_S = 10
 HEALTH_CHECK_KEY = f"{keys.ARQ_QUEUE}:health-check"
 
 
@@ -90,7 +89,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         max_jobs=settings.worker_concurrency,
         poll_delay=settings.queue_poll_delay,
         job_timeout=settings.job_timeout,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        health_check_interval=settings.health_interval,
         health_check_key=HEALTH_CHECK_KEY,
         handle_signals=handle_signals,
         # SIGTERM: take no new task, let running ones finish (a cut-off one is retried by arq).
