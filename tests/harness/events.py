@@ -22,9 +22,10 @@ class EventLog:
         self.last = "0-0"
 
     async def read(self, block_ms: int = 200) -> list[Event]:
-        """New events (waiting up to ``block_ms`` for the first one)."""
+        """New events (waiting up to ``block_ms`` for the first one; 0: not at all)."""
         new: list[Event] = []
-        for _, entries in await self.client.xread({self.stream: self.last}, block=block_ms, count=1000):
+        block = block_ms or None  # BLOCK 0 would wait forever
+        for _, entries in await self.client.xread({self.stream: self.last}, block=block, count=1000):
             for entry_id, fields in entries:
                 self.last = entry_id
                 new.append(fields)
