@@ -21,10 +21,11 @@ PROCESS_START_S = 60
 PROCESS_STOP_S = 60
 WEB_READY = "genrelay web listening on"
 WORKER_READY = "worker started"
+EMULATOR_READY = "emulator listening on"
 
 
 class DaemonProcess:
-    """One ``python -m daemon <command>`` process, its stderr drained (the pipe never fills) into
+    """One ``python -m daemon <command>`` process, its output drained (the pipe never fills) into
     ``lines`` and ``log_path``, and watched for a line."""
 
     def __init__(
@@ -57,8 +58,9 @@ class DaemonProcess:
             "daemon",
             *self.command.split(),
             env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            # One stream: genrelay logs to stderr, the emulator announces itself on stdout.
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
         self.drain = asyncio.create_task(self._drain())
@@ -73,9 +75,9 @@ class DaemonProcess:
         return self
 
     async def _drain(self) -> None:
-        assert self.process.stderr is not None
+        assert self.process.stdout is not None
         try:
-            async for raw in self.process.stderr:
+            async for raw in self.process.stdout:
                 line = raw.decode(errors="replace")
                 self.lines.append(line)
                 if self._log is not None:
@@ -171,6 +173,11 @@ class ProcessGroup:
         """A worker process, once it has started its pollers and sweep."""
         return await self("worker", env, ready_line=WORKER_READY)
 
+    async def emulator(self, *args: str) -> DaemonProcess:
+        """The provider emulator as its own process (``genrelay emulator ARGS``, on a free port);
+        ``address`` is its base URL. For scenarios that stop or kill the provider side."""
+        return await self(" ".join(["emulator", "--port", "0", *args]), {}, ready_line=EMULATOR_READY)
+
     async def restart(self, old: DaemonProcess) -> DaemonProcess:
         """A new process with ``old``'s command and env (``old`` must have exited or be about to)."""
         env = {k: v for k, v in old.env.items() if os.environ.get(k) != v}
@@ -184,7 +191,8 @@ class ProcessGroup:
         }
 
     async def close(self) -> None:
+        """SIGKILL every process still running (all first, so one slow exit strands none), then reap them."""
         for process in self.started:
-            if process.running:
-                process.resume()
-                await process.stop(signal.SIGKILL)
+            process.kill()
+        for process in self.started:
+            await process.wait()
