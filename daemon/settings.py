@@ -19,6 +19,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -112,6 +113,7 @@ class Settings:
     job_timeout: float
     shutdown_grace: float
     health_interval: float
+    worker_name: str
     callback_confirm: bool
     worker_metrics_port: int | None
     safety_poll_interval: float
@@ -188,6 +190,10 @@ class Settings:
             # A worker writes its health record this often, from its main loop; it lives one second
             # longer, so `genrelay worker --check` fails soon after no worker's loop is turning.
             health_interval=reader.number("HEALTH_INTERVAL", 10.0),
+            # Whose health record `genrelay worker --check` reads: each worker keeps its own, so one
+            # stalled worker shows unhealthy even while others run. The host name is unique per pod
+            # or container; several workers on one host need a name each (the systemd unit sets one).
+            worker_name=reader.text("WORKER_NAME") or socket.gethostname(),
             # A callback is a hint: before a job ends on one, read its status from the provider.
             callback_confirm=reader.flag("CALLBACK_CONFIRM", True),
             # The worker's own /metrics port: unset = off, 0 = any free port.
