@@ -268,32 +268,39 @@ async def test_a8_a_stopped_worker_goes_unhealthy_and_its_job_is_finished_once_b
     oracle: Oracle,
     daemon_processes: ProcessGroup,
 ) -> None:
-    """A8: a worker whose event loop stops (SIGSTOP) while it follows a job: its health record
-    runs out and ``genrelay worker --check`` fails; another worker takes the job's poll claim
-    over and finishes it; after SIGCONT the stopped one changes nothing and exits 0 on SIGTERM.
-    The provider saw one submission."""
+    """A8: a worker whose event loop stops (SIGSTOP) while it follows a job: its own health record
+    runs out and ``genrelay worker --check`` for it fails while the other worker's passes; the
+    other takes the job's poll claim over and finishes it; after SIGCONT the stopped one is healthy
+    again, changed nothing and exits 0 on SIGTERM. The provider saw one submission."""
     # The lease outlives the stop: the job's poll claim (JOB_TIMEOUT) comes back to the other worker first.
     env = worker_env(
         tmp_path, redis_url, {"a1": (3, emulator.url)}, GENRELAY_JOB_TIMEOUT="1", GENRELAY_LEASE_TTL="15"
     )
     env = {**os.environ, **env}  # the check runs as its own process
+    stalled_env = {**env, "GENRELAY_WORKER_NAME": "stalled"}
+    live_env = {**env, "GENRELAY_WORKER_NAME": "live"}
     events = EventLog(redis_client)
     app = Client(redis_client)
-    stalled = await daemon_processes.worker(env)
+    stalled = await daemon_processes.worker(stalled_env)
     job_id = await app.submit("ltx", "text-to-video", {"prompt": "[seconds=3] [ok] long", **T2V})
     async with asyncio.timeout(30):
         await events.reached(job_id, "active")
     stalled.pause()
+    await daemon_processes.worker(live_env)
+    stalled_key = f"{keys.ARQ_QUEUE}:health-check:stalled"
     async with asyncio.timeout(30):
-        while await redis_client.exists(f"{keys.ARQ_QUEUE}:health-check"):
+        while await redis_client.exists(stalled_key):
             await events.read(block_ms=200)
-    assert await check_command(env) == 1
-    await daemon_processes.worker(env)
-    assert await check_command(env) == 0
+    assert await check_command(stalled_env) == 1
+    assert await check_command(live_env) == 0
     async with asyncio.timeout(60):
         job = await app.wait(job_id)
-    stalled.resume()
     assert job["status"]["type"] == "completed", job
+    stalled.resume()
+    async with asyncio.timeout(30):
+        while not await redis_client.exists(stalled_key):
+            await events.read(block_ms=200)
+    assert await check_command(stalled_env) == 0
     assert await stalled.stop() == 0, stalled.text()[-2000:]
     assert (await oracle.submissions_by_prompt())["[seconds=3] [ok] long"] == 1
     await check_invariants(redis_client, oracle, [job_id], logs=daemon_processes.logs(), secrets=SECRETS)
