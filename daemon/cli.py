@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="an arq worker: submits, polls and sweeps")
     worker.add_argument(
-        "--check", action="store_true", help="exit 0 when a worker reported healthy recently, 1 otherwise"
+        "--check",
+        action="store_true",
+        help="exit 0 when this worker (GENRELAY_WORKER_NAME, default the host name) reported healthy "
+        "within GENRELAY_HEALTH_INTERVAL + 1 s, 1 otherwise",
     )
     worker.set_defaults(command=cmd_worker)
 
@@ -233,7 +236,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load_settings(require_accounts=not args.check)
     if args.check:
-        return check_health(existing_redis(settings))
+        return check_health(existing_redis(settings), settings.worker_name)
     with redis_url(settings.redis_url, settings.data_dir) as url:
         asyncio.set_event_loop(asyncio.new_event_loop())
         build_worker(settings, url).run()

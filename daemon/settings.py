@@ -19,6 +19,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -102,6 +103,7 @@ class Settings:
     secret_previous: str | None = field(repr=False)
     host: str
     port: int
+    body_timeout: float
     poll_interval: float
     poll_batch: int
     poll_concurrency: int
@@ -120,6 +122,8 @@ class Settings:
     queue_poll_delay: float
     job_timeout: float
     shutdown_grace: float
+    health_interval: float
+    worker_name: str
     callback_confirm: bool
     worker_metrics_port: int | None
     safety_poll_interval: float
@@ -166,6 +170,9 @@ class Settings:
             secret_previous=reader.text("SECRET_PREVIOUS"),
             host=reader.text("HOST") or "127.0.0.1",
             port=reader.integer("PORT", 8080, low=0, high=65535),  # 0: any free port (tests)
+            # aiohttp has no deadline on reading a request body: a client that trickles it (slowloris)
+            # would hold a handler forever. Past this many seconds it gets 408.
+            body_timeout=reader.number("BODY_TIMEOUT", 10.0),
             poll_interval=reader.number("POLL_INTERVAL", 5.0),
             poll_batch=reader.integer("POLL_BATCH", 200, low=1),
             poll_concurrency=reader.integer("POLL_CONCURRENCY", 32, low=1),
@@ -197,6 +204,13 @@ class Settings:
             # On SIGTERM a worker takes no new task and lets running ones finish for this long; more
             # than a provider request's 30 s timeout, so a submission is never cut off mid-call.
             shutdown_grace=reader.number("SHUTDOWN_GRACE", 35.0),
+            # A worker writes its health record this often, from its main loop; it lives one second
+            # longer, so `genrelay worker --check` fails soon after no worker's loop is turning.
+            health_interval=reader.number("HEALTH_INTERVAL", 10.0),
+            # Whose health record `genrelay worker --check` reads: each worker keeps its own, so one
+            # stalled worker shows unhealthy even while others run. The host name is unique per pod
+            # or container; several workers on one host need a name each (the systemd unit sets one).
+            worker_name=reader.text("WORKER_NAME") or socket.gethostname(),
             # A callback is a hint: before a job ends on one, read its status from the provider.
             callback_confirm=reader.flag("CALLBACK_CONFIRM", True),
             # The worker's own /metrics port: unset = off, 0 = any free port.

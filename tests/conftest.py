@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +18,7 @@ from daemon.services import Services, open_services
 from daemon.settings import Settings
 from emulator.app import create_app as create_emulator
 from emulator.config import EmulatorConfig
+from tests.harness.processes import ProcessGroup
 
 USEAPI_TOKEN = "user:12345-useapi-test-token"
 API_KEYS = {"a1": "key-a1-0123456789", "a2": "key-a2-0123456789", "a3": "key-a3-0123456789"}
@@ -195,7 +194,13 @@ async def start_worker(redis_client: aioredis.Redis, redis_url: str) -> AsyncIte
         yield start
     finally:
         for worker, task in running:
-            await worker.close()  # type: ignore[attr-defined]
+            try:
+                await worker.close()  # type: ignore[attr-defined]
+            except asyncio.CancelledError:
+                # arq's close() re-raises the cancellation of a task it cut off while that task was
+                # still starting; the worker is closed all the same. Escaping a finalizer, this
+                # BaseException would break the teardown of every later test.
+                pass
             await asyncio.gather(task, return_exceptions=True)
 
 
@@ -227,76 +232,13 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., object]]:
             child.stop(grace=5)
 
 
-PROCESS_START_S = 60
-PROCESS_STOP_S = 60
-
-
-class DaemonProcess:
-    """``python -m daemon <command>`` as a real process, its output drained (the pipe never fills)
-    and watched for a line, so a test can await "listening" instead of sleeping."""
-
-    def __init__(self, command: str, env: dict[str, str], ready_line: str | None = None) -> None:
-        self.command = command
-        self.env = {**os.environ, **env}
-        self.ready_line = ready_line
-        self.lines: list[str] = []
-        self.ready = asyncio.Event()
-        self.address: str | None = None
-
-    async def start(self) -> DaemonProcess:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "daemon",
-            *self.command.split(),
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        self.drain = asyncio.create_task(self._drain())
-        if self.ready_line is not None:
-            async with asyncio.timeout(PROCESS_START_S):
-                await self.ready.wait()
-        return self
-
-    async def _drain(self) -> None:
-        assert self.process.stderr is not None
-        async for raw in self.process.stderr:
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            if self.ready_line is not None and self.ready_line in line:
-                self.address = line.rsplit(" ", 1)[-1].strip()
-                self.ready.set()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(sig)
-        async with asyncio.timeout(PROCESS_STOP_S):
-            code = await self.process.wait()
-            await self.drain
-        return code
-
-
 @pytest.fixture
-async def daemon_processes(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[DaemonProcess]]]:
-    """Start ``genrelay`` processes; whatever is still running is killed at the end of the test, and
-    each one's output is left in ``tmp_path`` as ``<command>-<n>.log``."""
-    started: list[DaemonProcess] = []
-
-    async def start(command: str, env: dict[str, str], ready_line: str | None = None) -> DaemonProcess:
-        process = await DaemonProcess(command, env, ready_line).start()
-        started.append(process)
-        return process
-
+async def daemon_processes(tmp_path: Path) -> AsyncIterator[ProcessGroup]:
+    """Start ``genrelay`` processes (``await daemon_processes(command, env, ready_line)``); whatever
+    is still running is killed at the end of the test, and each one's output is in ``tmp_path`` as
+    ``<command>-<n>.log``."""
+    group = ProcessGroup(tmp_path)
     try:
-        yield start
+        yield group
     finally:
-        for n, process in enumerate(started, 1):
-            if process.process.returncode is None:
-                await process.stop(signal.SIGKILL)
-            (tmp_path / f"{process.command.split()[0]}-{n}.log").write_text("".join(process.lines))
+        await group.close()

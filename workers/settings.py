@@ -27,8 +27,10 @@ from workers.submit import dispatch_waiting, submit_job
 
 log = structlog.get_logger("genrelay.worker")
 
-HEALTH_CHECK_INTERVAL_S = 10
-HEALTH_CHECK_KEY = f"{keys.ARQ_QUEUE}:health-check"
+
+def health_check_key(worker_name: str) -> str:
+    """The health record of the worker named ``worker_name`` (``GENRELAY_WORKER_NAME``)."""
+    return f"{keys.ARQ_QUEUE}:health-check:{worker_name}"
 
 
 def job_serializer(value: Any) -> bytes:
@@ -93,8 +95,8 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         max_jobs=settings.worker_concurrency,
         poll_delay=settings.queue_poll_delay,
         job_timeout=settings.job_timeout,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        health_check_key=HEALTH_CHECK_KEY,
+        health_check_interval=settings.health_interval,
+        health_check_key=health_check_key(settings.worker_name),
         handle_signals=handle_signals,
         # SIGTERM: take no new task, let running ones finish (a cut-off one is retried by arq).
         job_completion_wait=int(settings.shutdown_grace),
@@ -102,10 +104,12 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
     )
 
 
-def check_health(redis_url: str) -> int:
-    """0 when some worker wrote its health record within the last interval, 1 otherwise."""
+def check_health(redis_url: str, worker_name: str) -> int:
+    """0 when the worker ``worker_name`` wrote its health record within the last interval (its main
+    loop turned), 1 otherwise."""
     from arq.worker import async_check_health
 
     settings = RedisSettings.from_dsn(redis_url)
-    result: int = asyncio.run(async_check_health(settings, HEALTH_CHECK_KEY, keys.ARQ_QUEUE))
+    key = health_check_key(worker_name)
+    result: int = asyncio.run(async_check_health(settings, key, keys.ARQ_QUEUE))
     return result

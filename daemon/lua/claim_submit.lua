@@ -32,6 +32,9 @@ if not i then
   end
   emit(job, 'queued', 0, '', 'lease_lost')
   handoff()
+  -- The expiry (noted now or earlier by drop_expired) is superseded: the job is back in line or
+  -- holds a fresh lease, and the sweep must not fail it as timed out later.
+  redis.call('LREM', KEYS[K_EXPIRED], 0, job)
   return {'requeued'}
 end
 renew(job)

@@ -28,8 +28,6 @@ SERVICES = web.AppKey("services", Services)
 # A job request is a prompt and a few URLs (params are capped at 64 KiB); 256 KiB leaves room for
 # the envelope and refuses anything that is not a job request before it is parsed.
 MAX_BODY_BYTES = 256 * 1024
-# A client that has not sent its whole body by then is stalled or hostile (slowloris); 408.
-BODY_TIMEOUT_SECONDS = 10.0
 DEFAULT_PAGE_SIZE = 20
 # Query integers are bounded in length, so "page=1e999"-style input never becomes a huge number.
 _QUERY_INTEGER = re.compile(r"[0-9]{1,9}")
@@ -110,11 +108,13 @@ async def read_json_with_bytes(request: web.Request) -> tuple[bytes, Any]:
         if request.content.is_eof():
             body = await request.read()  # all there already (small bodies come with the headers)
         else:
-            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            # A client that has not sent its whole body by then is stalled or hostile (slowloris).
+            deadline = request.app[SERVICES].settings.body_timeout
+            async with asyncio.timeout(deadline):
                 body = await request.read()
     except TimeoutError:
         raise web.HTTPRequestTimeout(
-            text=f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s"
+            text=f"the request body did not arrive within {request.app[SERVICES].settings.body_timeout:g} s"
         ) from None
     try:
         return body, orjson.loads(body)
