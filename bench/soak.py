@@ -67,13 +67,15 @@ class Soak:
         return self.cluster.start("worker", f"worker-{self.started_workers}")
 
     async def produce(self, until: float) -> None:
-        """One job every 1/rate seconds, each enqueued (retried through outages) before the next."""
-        n = 0
+        """``--burst`` jobs at once every burst/rate seconds: the mean stays under the accounts'
+        capacity (so the stream drains) while each burst fills every slot (so an over-allocation
+        would show). Each job is enqueued, retried through outages, before the next burst."""
+        n, size = 0, self.args.burst
         while time.monotonic() < until:
             began = time.monotonic()
-            self.ids += await enqueue([self.web], range(n, n + 1), "soak", self.answers, concurrency=1)
-            n += 1
-            await asyncio.sleep(max(0.0, 1 / self.args.rate - (time.monotonic() - began)))
+            self.ids += await enqueue([self.web], range(n, n + size), "soak", self.answers, concurrency=8)
+            n += size
+            await asyncio.sleep(max(0.0, size / self.args.rate - (time.monotonic() - began)))
 
     async def kill_workers(self, until: float) -> None:
         while (wait := min(self.args.kill_every, until - time.monotonic())) > 0:
@@ -164,7 +166,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> bool:
             await wait_ready(web, web_child)
             until = time.monotonic() + args.minutes * 60
             print(
-                f"soak: {args.minutes:g} min, {args.rate:g} jobs/s, "
+                f"soak: {args.minutes:g} min, {args.rate:g} jobs/s in bursts of {args.burst} "
+                f"on {fleet.slots} slots (jobs 2 s +-50%), "
                 f"SIGKILL a worker every {args.kill_every:g} s, "
                 f"restart Redis every {args.redis_restart_every:g} s",
                 flush=True,
@@ -247,6 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between Redis restarts (default: 300)",
     )
     parser.add_argument("--rate", type=float, default=5.0, help="jobs enqueued per second (default: 5)")
+    parser.add_argument("--burst", type=int, default=40, help="jobs enqueued at once (default: 40)")
     parser.add_argument(
         "--drain-timeout", type=float, default=180.0, help="seconds to let the jobs end (default: 180)"
     )
