@@ -32,7 +32,7 @@ import orjson
 
 from bench.callbacks import start
 from bench.cluster import rss_mb
-from bench.common import embedded_redis, percentile, quiet
+from bench.common import embedded_redis, percentile, quiet, stop_on_sigterm
 from daemon import keys
 from daemon.jobs import JobRequest, State, Update
 from daemon.services import Services, open_services
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     quiet()
+    stop_on_sigterm()
     with embedded_redis() as url, tempfile.TemporaryDirectory(prefix="genrelay-burst-") as tmp:
         r = asyncio.run(run(args, url, Path(tmp)))
     ours, bare, evalsha = r["genrelay"], r["bare"], r["evalsha"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import signal
 import statistics
 import tempfile
 import time
@@ -116,6 +117,16 @@ def quiet() -> None:
     from daemon.logs import configure_logging
 
     configure_logging(level="warning", fmt="console")
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, a CI runner) into KeyboardInterrupt, so the ``finally`` blocks
+    still stop every process the benchmark started; the default action would orphan them."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def parse_iso_ms(text: str) -> int:

@@ -36,7 +36,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from bench.cluster import Cluster, free_port, rss_mb, wait_ready
-from bench.common import ProviderTraffic, embedded_redis, emulator, percentile, quiet
+from bench.common import ProviderTraffic, embedded_redis, emulator, percentile, quiet, stop_on_sigterm
 from bench.invariants import (
     Report,
     allocation_checks,
@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     quiet()
+    stop_on_sigterm()
     with embedded_redis() as url, tempfile.TemporaryDirectory(prefix="genrelay-load-") as tmp:
         ok = asyncio.run(run(args, url, Path(tmp)))
     return 0 if ok else 1

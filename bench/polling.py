@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench.cluster import Cluster, cpu_seconds, rss_mb
-from bench.common import ProviderTraffic, embedded_redis, emulator, percentile, quiet
+from bench.common import ProviderTraffic, embedded_redis, emulator, percentile, quiet, stop_on_sigterm
 from bench.load import LTX_PARAMS, Fleet
 from daemon import keys
 from daemon.jobs import JobRequest
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     quiet()
+    stop_on_sigterm()
     with embedded_redis() as url, tempfile.TemporaryDirectory(prefix="genrelay-polling-") as tmp:
         f = asyncio.run(run(args, url, Path(tmp)))
     print(

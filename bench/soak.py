@@ -31,7 +31,7 @@ from pathlib import Path
 import orjson
 
 from bench.cluster import Cluster, RestartableRedis, free_port, wait_ready
-from bench.common import ProviderTraffic, emulator, quiet
+from bench.common import ProviderTraffic, emulator, quiet, stop_on_sigterm
 from bench.invariants import (
     Report,
     allocation_checks,
@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     quiet()
+    stop_on_sigterm()
     if args.keep:
         workdir = Path(tempfile.mkdtemp(prefix="genrelay-soak-"))
         ok = asyncio.run(run(args, workdir))
