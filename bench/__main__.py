@@ -50,4 +50,8 @@ def main(argv: list[str]) -> int:
     return BENCHMARKS[name](options)
 
 
-sys.exit(main(sys.argv[1:]))
+try:
+    sys.exit(main(sys.argv[1:]))
+except KeyboardInterrupt:
+    print("interrupted; every process the benchmark started was stopped", file=sys.stderr)
+    sys.exit(130)

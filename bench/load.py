@@ -319,8 +319,7 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> bool:
         first = 0.99 * len(ids) / (marks[0.99] - started)
         print(
             f"  the first 99% of the jobs: {first:.1f} jobs/s = {first / capacity:.2f} x the capacity "
-            "(the last 1% holds the jobs whose callback was dropped: the safety poll finds them, every 2 s "
-            "doubling up to 32 s)"
+            "(a dropped callback leaves its job to the safety poll: every 2 s, doubling up to 32 s)"
         )
     print(
         f"  poll lateness at the provider p50 {percentile(late, 0.5):.0f} ms, "
