@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MINUTES ?= 10
 
-.PHONY: help demo test lint typecheck unit bench run clean
+.PHONY: help demo test lint typecheck unit bench soak run clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,8 +31,11 @@ typecheck: $(STAMP)  ## mypy --strict over the packages
 unit: $(STAMP)  ## the pytest suite (real Redis, real HTTP on loopback)
 	$(BIN)/pytest
 
-bench: $(STAMP)  ## the benchmarks in bench/, reported as ratios to an in-run baseline
+bench: $(STAMP)  ## the short benchmarks in bench/, as ratios to an in-run baseline (README: Measuring)
 	$(BIN)/python -m bench
+
+soak: $(STAMP)  ## MINUTES of job stream with worker SIGKILLs and Redis restarts, then the invariants
+	$(BIN)/python -m bench soak --minutes $(MINUTES)
 
 run: $(STAMP)  ## web + worker (+ embedded Redis) in the foreground
 	$(BIN)/genrelay run

@@ -1,7 +1,57 @@
-"""``make bench``: every benchmark, each reporting ratios against a baseline measured in its own run."""
+"""``python -m bench [NAME ...] [options]``: the benchmarks, each reporting ratios against a
+baseline measured in its own run.
 
-from bench import callbacks, dispatch, slots
+Without a name (``make bench``) the short ones run: slots, dispatch, callbacks and a 10 s callback
+burst. The long ones run only when named (see README "Measuring"): ``load`` (scenario 47, 10,000
+jobs), ``polling`` (the polling ceiling, 10,000 jobs for 60 s) and ``soak`` (scenario 48, ``make
+soak MINUTES=N``). Options after the name go to that benchmark: ``python -m bench load --jobs 500``.
+"""
 
-slots.main()
-dispatch.main()
-callbacks.main()
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from bench import callback_burst, callbacks, dispatch, load, polling, slots, soak
+
+
+def _plain(main: Callable[[], None]) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        if argv:
+            raise SystemExit(f"this benchmark takes no options: {' '.join(argv)}")
+        main()
+        return 0
+
+    return run
+
+
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
+    "slots": _plain(slots.main),
+    "dispatch": _plain(dispatch.main),
+    "callbacks": _plain(callbacks.main),
+    "burst": callback_burst.main,
+    "load": load.main,
+    "polling": polling.main,
+    "soak": soak.main,
+}
+SHORT = ("slots", "dispatch", "callbacks", "burst")
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("benchmarks: " + ", ".join(BENCHMARKS))
+        return 0
+    if not argv:
+        return max(BENCHMARKS[name]([]) for name in SHORT)
+    name, options = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        raise SystemExit(f"unknown benchmark {name!r}; choose from: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name](options)
+
+
+try:
+    sys.exit(main(sys.argv[1:]))
+except KeyboardInterrupt:
+    print("interrupted; every process the benchmark started was stopped", file=sys.stderr)
+    sys.exit(130)

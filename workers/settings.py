@@ -4,12 +4,15 @@ provider, the sweep and the capacity sync running beside them in the same proces
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 import structlog
 from arq import Worker, func
 from arq.connections import RedisSettings
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daemon import keys
 from daemon.deliveries import signing_secret
@@ -33,6 +36,35 @@ def health_check_key(worker_name: str) -> str:
     return f"{keys.ARQ_QUEUE}:health-check:{worker_name}"
 
 
+# A worker outlives Redis being away (a restart, a failover) for this long, then exits so that its
+# supervisor restarts it.
+REDIS_OUTAGE_TOLERANCE_S = 60.0
+REDIS_RETRY_DELAY_S = 0.5
+
+
+class OutageTolerantWorker(Worker):
+    """arq's worker lets the first Redis connection error out of its polling loop and exits; this one
+    waits and tries again, so a Redis restart does not take every worker down with it."""
+
+    unreachable_since: float | None = None
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            now = time.monotonic()
+            if self.unreachable_since is None:
+                self.unreachable_since = now
+                log.warning("Redis unreachable; the worker keeps trying", error=str(exc))
+            elif now - self.unreachable_since > REDIS_OUTAGE_TOLERANCE_S:
+                raise
+            await asyncio.sleep(REDIS_RETRY_DELAY_S)
+            return
+        if self.unreachable_since is not None:
+            log.warning("Redis reachable again", away_s=round(time.monotonic() - self.unreachable_since, 1))
+            self.unreachable_since = None
+
+
 def job_serializer(value: Any) -> bytes:
     return orjson.dumps(value)
 
@@ -41,7 +73,7 @@ def job_deserializer(data: bytes) -> Any:
     return orjson.loads(data)
 
 
-def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True) -> Worker:
+def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True) -> OutageTolerantWorker:
     """An arq worker for ``settings`` on ``redis_url``; ``run()`` or ``main()`` starts it."""
 
     async def startup(ctx: dict[str, Any]) -> None:
@@ -69,7 +101,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             await sender.close()
         log.info("worker stopped")
 
-    return Worker(
+    return OutageTolerantWorker(
         functions=[
             # Tries are counted in the job record (submit_tries), which outlives arq's own count.
             func(submit_job, name="submit_job", max_tries=settings.submit_max_tries + 5),
