@@ -81,14 +81,15 @@ local function free_slots(i)
 end
 
 -- The eligible account with the most free slots; ties go to a random one so load spreads.
-local function choose_account(pinned)
+-- ``free`` (optional): free slots by account index, already read (hand-off keeps a running count).
+local function choose_account(pinned, free)
   local best_free, best = 0, {}
   for i = 1, N do
     if pinned == nil or pinned == false or pinned == '' or pinned == cfg.accounts[i] then
-      local free = free_slots(i)
-      if free > best_free then
-        best_free, best = free, {i}
-      elseif free == best_free and free > 0 then
+      local room = free and free[i] or free_slots(i)
+      if room > best_free then
+        best_free, best = room, {i}
+      elseif room == best_free and room > 0 then
         best[#best + 1] = i
       end
     end
@@ -133,20 +134,28 @@ end
 -- whatever freed the slot, so dispatch follows the event instead of a loop polling the queue.
 local function handoff()
   drop_expired()
+  -- Free slots are read once and counted down as they are granted: nothing else changes them
+  -- inside this script, and a backlog then costs one ZRANGE per 50 waiting jobs, not a read of
+  -- every account per job.
+  local free, total = {}, 0
+  for i = 1, N do
+    free[i] = math.max(0, free_slots(i))
+    total = total + free[i]
+  end
   local scanned, offset = 0, 0
-  while scanned < 500 do
-    local any_free = false
-    for i = 1, N do if free_slots(i) > 0 then any_free = true break end end
-    if not any_free then return end
+  while scanned < 500 and total > 0 do
     local batch = redis.call('ZRANGE', KEYS[K_WAITING], offset, offset + 49)
     if #batch == 0 then return end
     for _, job in ipairs(batch) do
+      if total <= 0 then return end
       scanned = scanned + 1
-      local i = choose_account(redis.call('HGET', KEYS[K_PINS], job))
+      local i = choose_account(redis.call('HGET', KEYS[K_PINS], job), free)
       if i then
         redis.call('ZREM', KEYS[K_WAITING], job)
         redis.call('HDEL', KEYS[K_PINS], job)
         grant(i, job)
+        free[i] = free[i] - 1
+        total = total - 1
       else
         offset = offset + 1
       end
