@@ -9,11 +9,12 @@ from typing import Any
 import orjson
 import structlog
 from arq import Worker, func
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 
 from daemon import keys
 from daemon.deliveries import signing_secret
 from daemon.metrics import start_worker_metrics
+from daemon.redis import client_options
 from daemon.services import open_services
 from daemon.settings import Settings
 from workers.accept import accept_job
@@ -23,6 +24,7 @@ from workers.maintenance import sweep_forever
 from workers.poll import poll_forever
 from workers.runtime import RUNTIME, WorkerRuntime, provider_session
 from workers.submit import dispatch_waiting, submit_job
+from workers.supervisor import OutageTolerantWorker, retry_when_redis_unreachable
 
 log = structlog.get_logger("genrelay.worker")
 
@@ -38,8 +40,19 @@ def job_deserializer(data: bytes) -> Any:
     return orjson.loads(data)
 
 
+def arq_pool(redis_url: str) -> ArqRedis:
+    """arq's Redis client with our client options: arq's own has no reply timeout, so one command
+    sent into a network partition would stall the worker's poll loop for good."""
+    pool: ArqRedis = ArqRedis.from_url(redis_url, **client_options(decode_responses=False))
+    pool.job_serializer = job_serializer
+    pool.job_deserializer = job_deserializer
+    pool.default_queue_name = keys.ARQ_QUEUE
+    return pool
+
+
 def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True) -> Worker:
-    """An arq worker for ``settings`` on ``redis_url``; ``run()`` or ``main()`` starts it."""
+    """An arq worker for ``settings`` on ``redis_url`` that outlives Redis errors in its poll loop
+    (see ``workers.supervisor``); ``main()`` starts it, ``run_supervised`` restarts it."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         services = await open_services(settings, redis_url)
@@ -65,23 +78,27 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             await sender.close()
         log.info("worker stopped")
 
-    return Worker(
+    return OutageTolerantWorker(
         functions=[
             # Tries are counted in the job record (submit_tries), which outlives arq's own count.
-            func(submit_job, name="submit_job", max_tries=settings.submit_max_tries + 5),
-            func(accept_job, name="accept_job", max_tries=5),
-            func(cancel_at_provider, name="cancel_at_provider", max_tries=5),
-            func(dispatch_waiting, name="dispatch_waiting", max_tries=3),
+            func(
+                retry_when_redis_unreachable(submit_job),
+                name="submit_job",
+                max_tries=settings.submit_max_tries + 5,
+            ),
+            func(retry_when_redis_unreachable(accept_job), name="accept_job", max_tries=5),
+            func(retry_when_redis_unreachable(cancel_at_provider), name="cancel_at_provider", max_tries=5),
+            func(retry_when_redis_unreachable(dispatch_waiting), name="dispatch_waiting", max_tries=3),
             # Tries are counted in Redis (workers/deliver.py); the timeout lets ours fire first.
             func(
-                deliver_job,
+                retry_when_redis_unreachable(deliver_job),
                 name="deliver_job",
                 max_tries=settings.delivery_max_tries + 5,
                 timeout=settings.delivery_timeout + 5,
             ),
         ],
         queue_name=keys.ARQ_QUEUE,
-        redis_settings=RedisSettings.from_dsn(redis_url),
+        redis_pool=arq_pool(redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
         job_serializer=job_serializer,

@@ -23,6 +23,7 @@ from daemon.providers import get_provider, webhook_provider
 from daemon.store import SubmitClaim
 from workers.cancel import stop_at_provider
 from workers.runtime import RUNTIME, WorkerRuntime
+from workers.supervisor import until_redis_answers
 
 log = structlog.get_logger("genrelay.submit")
 
@@ -63,7 +64,10 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
     update = Update(
         State.ACTIVE, progress=0, message="submitted", provider_job_id=provider_job_id, fields=fields
     )
-    outcome = await store.apply(job_id, update, source="submit", poll_in_ms=poll_in_ms)
+    # The provider's job id exists only here until recorded: a Redis blip must not drop it.
+    outcome = await until_redis_answers(
+        lambda: store.apply(job_id, update, source="submit", poll_in_ms=poll_in_ms), "provider job id"
+    )
     if outcome == "terminal":
         # Canceled while the provider was being called: the provider's job must be stopped too.
         ended = await store.require(job_id)
