@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.redis import EmbeddedRedis
+from daemon.client import Client
+from daemon.redis import EmbeddedRedis, connect
 from daemon.settings import Settings
 from daemon.web.app import create_app
-from tests.conftest import process_env
+from tests.conftest import DaemonProcess, Emulator, process_env
+from tests.harness.redis_server import RedisServer
 
 JOB = {"provider": "ltx", "operation": "text-to-video", "params": {"prompt": "x"}}
+T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
 
 
 async def test_readyz_goes_503_while_redis_is_down_and_back_to_200(tmp_path: Path) -> None:
@@ -39,3 +44,29 @@ async def test_readyz_goes_503_while_redis_is_down_and_back_to_200(tmp_path: Pat
         await client.close()
         restarted.stop()
         server.stop()
+
+
+async def test_a_worker_started_before_redis_waits_for_it_and_then_works(
+    tmp_path: Path, emulator: Emulator, daemon_processes: Callable[..., Awaitable[DaemonProcess]]
+) -> None:
+    """arq gives up after five connection attempts at start and the process would exit;
+    ``genrelay worker`` says Redis is unreachable, waits with backoff and starts once it answers."""
+    server = RedisServer(tmp_path / "redis")
+    await asyncio.to_thread(server.start)
+    await asyncio.to_thread(server.stop)  # the port is known, nothing listens on it
+    env = process_env(tmp_path, server.url, emulator.url, {"a1": 2})
+    worker = await daemon_processes("worker", env, ready_line="Redis is unreachable")
+    await asyncio.to_thread(server.start)
+    client = await connect(server.url)
+    try:
+        job_id = await Client(client).submit(
+            "ltx", "text-to-video", {"prompt": "[ok] after start", **T2V}, account="a1"
+        )
+        async with asyncio.timeout(60):
+            job = await Client(client).wait(job_id)
+        assert job["status"]["type"] == "completed"
+        assert worker.process.returncode is None
+    finally:
+        await client.aclose()
+        await worker.stop()
+        await asyncio.to_thread(server.stop)
