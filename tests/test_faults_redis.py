@@ -242,7 +242,8 @@ async def test_22_graceful_redis_restart_under_load(stack: Callable[..., Awaitab
 async def test_23_kill_9_of_redis_with_aof_everysec(stack: Callable[..., Awaitable[Stack]]) -> None:
     s = await stack(appendonly=True)
     workers = [await s.spawn("worker", s.server.url) for _ in range(2)]
-    early = await s.submit(20, "early")
+    # Two waves of 1.5 s jobs on 7 slots: the crash falls among running jobs and fresh submissions.
+    early = await s.submit(14, "[seconds=1.5] early")
     enqueued_at = time.monotonic()
     async with asyncio.timeout(30):
         await s.wait_events("active", 4)
@@ -262,11 +263,17 @@ async def test_23_kill_9_of_redis_with_aof_everysec(stack: Callable[..., Awaitab
     s.ids = early + [job_id for job_id, state in late_states.items() if state is not None]
     await s.wait_terminal(s.ids)
     lost_late = [job_id for job_id, state in late_states.items() if state is None]
-    await check_invariants(s)
+    # A submission inside the lost second whose write-ahead record was lost too can happen again
+    # (no provider sync adopts ltx jobs by reference): bounded by one more, and reported.
+    submissions = await check_invariants(s, max_submissions=2)
+    twice = [prompt for prompt, count in submissions.items() if count > 1]
     for worker in workers:
         restarts = len(s.log_lines(worker, "the worker stopped on a Redis error"))
         assert restarts <= 3, f"worker restarted {restarts} times"
-    print(f"\nkill -9: {len(interrupted)} early job(s) interrupted, {len(lost_late)} late job(s) lost")
+    print(
+        f"\nkill -9: {len(interrupted)} early job(s) interrupted, {len(lost_late)} late job(s) lost,"
+        f" {len(twice)} job(s) submitted twice"
+    )
 
 
 @pytest.mark.timeout(150)
