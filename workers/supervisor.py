@@ -72,15 +72,19 @@ def retry_when_redis_unreachable(task: WorkerCoroutine) -> WorkerCoroutine:
     return cast(WorkerCoroutine, run)
 
 
-async def until_redis_answers(call: Callable[[], Awaitable[T]], what: str) -> T:
-    """``call()`` again and again until Redis answers: for a result that exists only in this process
-    (the provider's job id right after it accepted a job), which must not be dropped on a blip.
-    Bounded by the arq task's timeout, which cancels it."""
+async def until_redis_answers(call: Callable[[], Awaitable[T]], what: str, within: float) -> T:
+    """``call()`` (idempotent) again and again until Redis answers, for up to ``within`` seconds, then
+    the last error: for a step whose outcome exists only in this process (the provider's job id
+    right after it accepted a job; a write-ahead claim that may have run), which a blip must not
+    turn into a lost or an interrupted job. ``within`` stays under the arq task's timeout."""
+    deadline = asyncio.get_running_loop().time() + within
     attempt = 0
     while True:
         try:
             return await call()
         except (RedisConnectionError, RedisTimeoutError) as exc:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
             attempt += 1
             delay = backoff_seconds(attempt, RETRY_BASE_S, RETRY_MAX_S)
             log.warning(
