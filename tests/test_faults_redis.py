@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ import redis.asyncio as aioredis
 from daemon import keys
 from daemon.client import Client
 from daemon.redis import connect
+from daemon.scripts import script_source
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, DaemonProcess, Emulator, process_env
 from tests.harness.proxy import FaultProxy
@@ -38,9 +40,10 @@ WORKER_READY = "worker started"
 TERMINAL = {"completed", "failed", "canceled"}
 JOB = {"provider": "ltx", "operation": "text-to-video", "params": {"prompt": "[ok] probe", **T2V}}
 # Short arq timeouts: a task whose bookkeeping an outage cut short runs again once arq's in-progress
-# key expires (the longest function timeout + 10 s), so keep that as short as the settings allow.
+# key expires (the longest function timeout + 10 s), so keep that short; a submit waits out a Redis
+# blip for half the job timeout, which must outlast the outages below.
 FAST_ENV = {
-    "GENRELAY_JOB_TIMEOUT": "2",
+    "GENRELAY_JOB_TIMEOUT": "8",
     "GENRELAY_DELIVERY_TIMEOUT": "1",
     "GENRELAY_SWEEP_INTERVAL": "1",
     "GENRELAY_PORT": "0",
@@ -336,6 +339,28 @@ async def test_25_connection_reset_in_the_middle_of_script_calls(
             transitions = per_job[job_id]
             assert transitions.count("submitting") <= 1, (job_id, transitions)
             assert transitions.count("completed") == 1, (job_id, transitions)
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.timeout(120)
+async def test_25_reset_after_the_submit_claim_ran_does_not_fail_the_job(
+    stack: Callable[..., Awaitable[Stack]],
+) -> None:
+    """The write-ahead claim (``claim_submit``) runs, its reply is lost and redis-py sends it again:
+    the retry is the same attempt, not a worker that died mid-call, so the job is submitted once and
+    completes."""
+    s = await stack(appendonly=False)
+    proxy = await FaultProxy("127.0.0.1", s.server.port).start()
+    try:
+        await s.spawn("worker", proxy.url)
+        claim_sha = hashlib.sha1(script_source("claim_submit").encode()).hexdigest()
+        proxy.cut_scripts(4, only=claim_sha)
+        ids = await s.submit(6, "claim")
+        states = await s.wait_terminal(ids)
+        assert proxy.stats.scripts_cut == 4
+        assert set(states.values()) == {"completed"}, collections.Counter(states.values())
+        await check_invariants(s)
     finally:
         await proxy.close()
 

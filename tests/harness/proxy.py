@@ -10,9 +10,9 @@ Modes, switched at any time from the test's event loop while subprocesses talk t
   ``timeout`` toxic with 0): a client waits for replies that never come. When it ends, the
   connections that lost bytes are closed (their Redis protocol stream is broken) and new ones pass;
 * ``reset()``: every open connection is aborted now;
-* ``cut_scripts(n)``: the next ``n`` script calls (``EVALSHA``/``EVAL``) reach Redis, which runs
-  them, and their connection is aborted before the reply gets back: the client sees a connection
-  error for a script that did run.
+* ``cut_scripts(n, only=sha)``: the next ``n`` script calls (``EVALSHA``/``EVAL``; only those
+  carrying ``sha`` when given) reach Redis, which runs them, and their connection is aborted before
+  the reply gets back: the client sees a connection error for a script that did run.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class FaultProxy:
         self.latency_s = 0.0
         self.stats = ProxyStats()
         self._scripts_to_cut = 0
+        self._cut_only: bytes | None = None
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -104,12 +105,18 @@ class FaultProxy:
         self.stats.resets += len(links)
         return len(links)
 
-    def cut_scripts(self, count: int) -> None:
+    def cut_scripts(self, count: int, only: str | None = None) -> None:
         self._scripts_to_cut = count
+        self._cut_only = only.encode() if only else None
 
     @property
     def scripts_left_to_cut(self) -> int:
         return self._scripts_to_cut
+
+    def _is_cut_script(self, data: bytes) -> bool:
+        if not any(marker in data for marker in SCRIPT_MARKERS):
+            return False
+        return self._cut_only is None or self._cut_only in data
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -168,7 +175,7 @@ class FaultProxy:
                 if not to_upstream and link.cut_on_reply:
                     self.stats.scripts_cut += 1
                     return  # the script ran; its reply is lost with the connection
-                if to_upstream and self._scripts_to_cut > 0 and any(m in data for m in SCRIPT_MARKERS):
+                if to_upstream and self._scripts_to_cut > 0 and self._is_cut_script(data):
                     self._scripts_to_cut -= 1
                     link.cut_on_reply = True
                 # Always through the queue, so switching modes never reorders bytes.
