@@ -198,10 +198,16 @@ async def expect_unavailable(http: aiohttp.ClientSession, web: DaemonProcess, jo
         ("GET", f"/v1/jobs/{job_id}", {}),
         ("GET", "/v1/jobs", {}),
         ("GET", "/v1/scheduler/available", {}),
+        ("DELETE", f"/v1/jobs/{job_id}", {}),
+        ("GET", "/", {}),
     ):
         status, body = await status_of(http, method, f"{web.address}{path}", **extra)
         assert status == 503, (method, path, status, body)
         assert body["code"] == 503 and "Redis" in body["error"]
+    # A scrape still succeeds, and says Redis did not answer.
+    async with http.get(f"{web.address}/metrics") as resp:
+        assert resp.status == 200
+        assert "genrelay_redis_up 0" in await resp.text()
 
 
 async def wait_ready(http: aiohttp.ClientSession, web: DaemonProcess, within: float = 30) -> None:
