@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from daemon.client import Client
 from daemon.redis import EmbeddedRedis, connect
@@ -70,3 +72,24 @@ async def test_a_worker_started_before_redis_waits_for_it_and_then_works(
         await client.aclose()
         await worker.stop()
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_job_start_cut_by_redis_gives_back_its_place_in_max_jobs(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """arq counts a job against max_jobs before the Redis calls that take it; when those fail it
+    never gave the place back, so each outage cost one place until the worker took no job at all."""
+    from workers.settings import build_worker
+
+    server = RedisServer(tmp_path / "redis")
+    await asyncio.to_thread(server.start)
+    await asyncio.to_thread(server.stop)  # nothing listens on its port now
+    worker = build_worker(make_settings(GENRELAY_WORKER_CONCURRENCY="1"), server.url, handle_signals=False)
+    try:
+        for _ in range(3):
+            with pytest.raises(RedisConnectionError):
+                await worker.start_jobs([b"submit:ltx-0"])
+        assert worker.job_counter == 0
+        assert not worker.sem.locked()
+    finally:
+        await worker.pool.aclose()

@@ -20,6 +20,7 @@ provider sees one submission.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 from collections.abc import Awaitable, Callable
@@ -128,8 +129,10 @@ class OutageTolerantWorker(Worker):
             except (RedisError, *UNREACHABLE):
                 # arq counted this job (job_counter, semaphore) before its Redis call failed and never
                 # gives the place back: give it back, or every outage costs one of max_jobs for good.
-                self.job_counter -= 1
-                self.sem.release()
+                # (Guarded: a failing UNWATCH after arq already gave it back must not push it over.)
+                self.job_counter = max(0, self.job_counter - 1)
+                with contextlib.suppress(ValueError):
+                    self.sem.release()
                 raise
 
 
