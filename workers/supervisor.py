@@ -12,9 +12,11 @@ Redis being unreachable at start (``create_pool`` gives up after 5 tries). Two l
   (at start, say), it is closed, Redis is waited for with backoff, and a fresh one starts. SIGTERM
   and SIGINT stop it gracefully: no new task, running ones get ``job_completion_wait``.
 
-A job whose bookkeeping a Redis error cut short is not lost: arq's ``in-progress`` key expires and
-the job runs again; our job functions are idempotent (the job record's compare-and-set), so the
-provider sees one submission.
+Inside tasks, :func:`retry_when_redis_unreachable` turns a Redis error into arq's ``Retry`` (arq
+would fail the task and drop it), and :func:`until_redis_answers` waits out a blip at the steps of a
+submission whose outcome lives only in this process. A task whose arq bookkeeping a Redis error cut
+short is not lost either: arq's ``in-progress`` key expires and the task runs again; our tasks are
+idempotent (the job record's compare-and-set), so the provider sees one submission.
 """
 
 from __future__ import annotations
