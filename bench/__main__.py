@@ -1,10 +1,11 @@
 """``python -m bench [NAME ...] [options]``: the benchmarks, each reporting ratios against a
 baseline measured in its own run.
 
-Without a name (``make bench``) the short ones run: slots, dispatch, callbacks and a 10 s callback
-burst. The long ones run only when named (see README "Measuring"): ``load`` (scenario 47, 10,000
-jobs), ``polling`` (the polling ceiling, 10,000 jobs for 60 s) and ``soak`` (scenario 48, ``make
-soak MINUTES=N``). Options after the name go to that benchmark: ``python -m bench load --jobs 500``.
+Without a name (``make bench``) the short ones run: slots, dispatch, callbacks, a 10 s callback
+burst and latency (jobs through a Redis link with 200 ms of latency). The long ones run only when
+named (see README "Measuring"): ``load`` (scenario 47, 10,000 jobs), ``polling`` (the polling
+ceiling, 10,000 jobs for 60 s) and ``soak`` (scenario 48, ``make soak MINUTES=N``). Options after
+the name go to that benchmark: ``python -m bench load --jobs 500``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import callback_burst, callbacks, dispatch, load, polling, slots, soak
+from bench import callback_burst, callbacks, dispatch, load, polling, redis_latency, slots, soak
 
 
 def _plain(main: Callable[[], None]) -> Callable[[list[str]], int]:
@@ -30,11 +31,12 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "dispatch": _plain(dispatch.main),
     "callbacks": _plain(callbacks.main),
     "burst": callback_burst.main,
+    "latency": _plain(redis_latency.main),
     "load": load.main,
     "polling": polling.main,
     "soak": soak.main,
 }
-SHORT = ("slots", "dispatch", "callbacks", "burst")
+SHORT = ("slots", "dispatch", "callbacks", "burst", "latency")
 
 
 def main(argv: list[str]) -> int:

@@ -233,13 +233,14 @@ def announce_web(url: str) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers.settings import build_worker, check_health
+    from workers.supervisor import run_supervised
 
     settings = load_settings(require_accounts=not args.check)
     if args.check:
         return check_health(existing_redis(settings), settings.worker_name)
     with redis_url(settings.redis_url, settings.data_dir) as url:
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        build_worker(settings, url).run()
+        # Supervised: a Redis outage makes the worker wait and reconnect, never exit.
+        asyncio.run(run_supervised(lambda: build_worker(settings, url, handle_signals=False), url))
     return 0
 
 

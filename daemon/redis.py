@@ -49,7 +49,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from daemon.errors import ServiceUnavailable, SettingsError
 
 __all__ = [
+    "REPLY_TIMEOUT_S",
     "EmbeddedRedis",
+    "client_options",
     "connect",
     "embedded_server_binary",
     "find_running",
@@ -451,21 +453,33 @@ class HiredisPackingConnection(redis.asyncio.Connection):  # type: ignore[misc]
             return packed
 
 
-async def connect(url: str, *, decode_responses: bool = True) -> redis.asyncio.Redis:
-    """Return an asyncio client for ``url``; it does not PING (the first command connects).
+# Seconds to wait for a reply before a connection counts as broken. Without it, a command sent into a
+# network partition (or a Redis frozen by SIGSTOP) waits forever and so does the process. Blocking reads
+# (XREAD BLOCK) must block for less than this.
+REPLY_TIMEOUT_S = 10.0
 
-    Commands are retried three times with exponential backoff on connection errors and timeouts, idle
-    connections are health-checked every 30 s, and TCP keepalive is on.
-    """
-    retry = Retry(ExponentialBackoff(), 3, supported_errors=(RedisConnectionError, RedisTimeoutError))
+
+def client_options(*, decode_responses: bool = True) -> dict[str, Any]:
+    """The options of every long-lived client: retries with exponential backoff on connection errors and
+    timeouts (three, then the error reaches the caller), connect and reply timeouts, health checks of
+    idle connections every 30 s, TCP keepalive."""
+    return {
+        "decode_responses": decode_responses,
+        "health_check_interval": 30,
+        "socket_connect_timeout": 5,
+        "socket_timeout": REPLY_TIMEOUT_S,
+        "socket_keepalive": True,
+        "retry": Retry(ExponentialBackoff(), 3, supported_errors=(RedisConnectionError, RedisTimeoutError)),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+async def connect(url: str, *, decode_responses: bool = True) -> redis.asyncio.Redis:
+    """Return an asyncio client for ``url`` with :func:`client_options`; it does not PING (the first
+    command connects)."""
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
         url,
-        decode_responses=decode_responses,
-        health_check_interval=30,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        retry=retry,
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **client_options(decode_responses=decode_responses),
         # Only plain TCP; redis-py picks its own class for rediss:// and unix:// URLs.
         connection_class=HiredisPackingConnection,
     )

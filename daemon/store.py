@@ -177,9 +177,13 @@ class JobStore:
         pk = keys.provider_keys(provider)
         return pk.state(state) if state else pk.index
 
-    async def claim_submit(self, job_id: str) -> SubmitClaim:
+    async def claim_submit(self, job_id: str, attempt: str = "") -> SubmitClaim:
+        """The write-ahead claim; ``attempt`` (one token per submit attempt) makes a resent call of the
+        same attempt (its reply was lost) 'go' again instead of 'interrupted'."""
         scope = self.slots.scope(keys.provider_of(job_id) or "")
-        r = await self.scripts.claim_submit(keys=scope.keys_with(keys.job_key(job_id)), args=[scope.config()])
+        r = await self.scripts.claim_submit(
+            keys=scope.keys_with(keys.job_key(job_id)), args=[scope.config(), attempt]
+        )
         if r[0] == "go":
             return SubmitClaim("go", account=r[1], tries=int(r[2]), state=r[3])
         if r[0] == "interrupted":

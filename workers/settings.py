@@ -4,19 +4,17 @@ provider, the sweep and the capacity sync running beside them in the same proces
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import orjson
 import structlog
 from arq import Worker, func
-from arq.connections import RedisSettings
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from arq.connections import ArqRedis, RedisSettings
 
 from daemon import keys
 from daemon.deliveries import signing_secret
 from daemon.metrics import start_worker_metrics
+from daemon.redis import client_options
 from daemon.services import open_services
 from daemon.settings import Settings
 from workers.accept import accept_job
@@ -27,6 +25,7 @@ from workers.maintenance import sweep_forever
 from workers.poll import poll_forever
 from workers.runtime import RUNTIME, WorkerRuntime, provider_session
 from workers.submit import dispatch_waiting, submit_job
+from workers.supervisor import OutageTolerantWorker, retry_when_redis_unreachable
 
 log = structlog.get_logger("genrelay.worker")
 
@@ -34,35 +33,6 @@ log = structlog.get_logger("genrelay.worker")
 def health_check_key(worker_name: str) -> str:
     """The health record of the worker named ``worker_name`` (``GENRELAY_WORKER_NAME``)."""
     return f"{keys.ARQ_QUEUE}:health-check:{worker_name}"
-
-
-# A worker outlives Redis being away (a restart, a failover) for this long, then exits so that its
-# supervisor restarts it.
-REDIS_OUTAGE_TOLERANCE_S = 60.0
-REDIS_RETRY_DELAY_S = 0.5
-
-
-class OutageTolerantWorker(Worker):
-    """arq's worker lets the first Redis connection error out of its polling loop and exits; this one
-    waits and tries again, so a Redis restart does not take every worker down with it."""
-
-    unreachable_since: float | None = None
-
-    async def _poll_iteration(self) -> None:
-        try:
-            await super()._poll_iteration()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            now = time.monotonic()
-            if self.unreachable_since is None:
-                self.unreachable_since = now
-                log.warning("Redis unreachable; the worker keeps trying", error=str(exc))
-            elif now - self.unreachable_since > REDIS_OUTAGE_TOLERANCE_S:
-                raise
-            await asyncio.sleep(REDIS_RETRY_DELAY_S)
-            return
-        if self.unreachable_since is not None:
-            log.warning("Redis reachable again", away_s=round(time.monotonic() - self.unreachable_since, 1))
-            self.unreachable_since = None
 
 
 def job_serializer(value: Any) -> bytes:
@@ -73,8 +43,19 @@ def job_deserializer(data: bytes) -> Any:
     return orjson.loads(data)
 
 
-def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True) -> OutageTolerantWorker:
-    """An arq worker for ``settings`` on ``redis_url``; ``run()`` or ``main()`` starts it."""
+def arq_pool(redis_url: str) -> ArqRedis:
+    """arq's Redis client with our client options: arq's own has no reply timeout, so one command
+    sent into a network partition would stall the worker's poll loop for good."""
+    pool: ArqRedis = ArqRedis.from_url(redis_url, **client_options(decode_responses=False))
+    pool.job_serializer = job_serializer
+    pool.job_deserializer = job_deserializer
+    pool.default_queue_name = keys.ARQ_QUEUE
+    return pool
+
+
+def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True) -> Worker:
+    """An arq worker for ``settings`` on ``redis_url`` that outlives Redis errors in its poll loop
+    (see ``workers.supervisor``); ``main()`` starts it, ``run_supervised`` restarts it."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         services = await open_services(settings, redis_url)
@@ -104,21 +85,25 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
     return OutageTolerantWorker(
         functions=[
             # Tries are counted in the job record (submit_tries), which outlives arq's own count.
-            func(submit_job, name="submit_job", max_tries=settings.submit_max_tries + 5),
-            func(accept_job, name="accept_job", max_tries=5),
-            func(cancel_at_provider, name="cancel_at_provider", max_tries=5),
-            func(dispatch_waiting, name="dispatch_waiting", max_tries=3),
-            func(sync_capacity, name=CAPACITY_TASK, max_tries=3),
+            func(
+                retry_when_redis_unreachable(submit_job),
+                name="submit_job",
+                max_tries=settings.submit_max_tries + 5,
+            ),
+            func(retry_when_redis_unreachable(accept_job), name="accept_job", max_tries=5),
+            func(retry_when_redis_unreachable(cancel_at_provider), name="cancel_at_provider", max_tries=5),
+            func(retry_when_redis_unreachable(dispatch_waiting), name="dispatch_waiting", max_tries=3),
+            func(retry_when_redis_unreachable(sync_capacity), name=CAPACITY_TASK, max_tries=3),
             # Tries are counted in Redis (workers/deliver.py); the timeout lets ours fire first.
             func(
-                deliver_job,
+                retry_when_redis_unreachable(deliver_job),
                 name="deliver_job",
                 max_tries=settings.delivery_max_tries + 5,
                 timeout=settings.delivery_timeout + 5,
             ),
         ],
         queue_name=keys.ARQ_QUEUE,
-        redis_settings=RedisSettings.from_dsn(redis_url),
+        redis_pool=arq_pool(redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
         job_serializer=job_serializer,

@@ -8,6 +8,7 @@ then calls the provider and records its job id, after which the poller follows t
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from daemon.store import SubmitClaim
 from workers.cancel import stop_at_provider
 from workers.capacity import fail_uncertain, lists_reply_refs, request_reconcile
 from workers.runtime import RUNTIME, WorkerRuntime
+from workers.supervisor import until_redis_answers
 
 log = structlog.get_logger("genrelay.submit")
 
@@ -33,13 +35,17 @@ log = structlog.get_logger("genrelay.submit")
 async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
     runtime: WorkerRuntime = ctx[RUNTIME]
     store = runtime.services.store
-    claim = await store.claim_submit(job_id)
+    # Redis blips are waited out inside the attempt (see until_redis_answers), with one token for
+    # the attempt so that a claim resent after a lost reply is not taken for a dead worker's.
+    hold_s = runtime.services.settings.job_timeout / 2
+    attempt = secrets.token_hex(8)
+    claim = await until_redis_answers(lambda: store.claim_submit(job_id, attempt), "submit claim", hold_s)
     if claim.outcome == "interrupted":
         return await _interrupted(ctx, runtime, job_id, claim)
     if claim.outcome != "go":
         log.info("submit skipped", job_id=job_id, outcome=claim.outcome, state=claim.state)
         return claim.outcome
-    job = await store.require(job_id)
+    job = await until_redis_answers(lambda: store.require(job_id), "job record", hold_s)
     account = runtime.account(job.provider, claim.account)
     if account is None:
         await store.requeue(
@@ -65,7 +71,10 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
     update = Update(
         State.ACTIVE, progress=0, message="submitted", provider_job_id=provider_job_id, fields=fields
     )
-    outcome = await store.apply(job_id, update, source="submit", poll_in_ms=poll_in_ms)
+    # The provider's job id exists only here until recorded: a Redis blip must not drop it.
+    outcome = await until_redis_answers(
+        lambda: store.apply(job_id, update, source="submit", poll_in_ms=poll_in_ms), "provider job id", hold_s
+    )
     if outcome == "terminal":
         # Canceled while the provider was being called: the provider's job must be stopped too.
         ended = await store.require(job_id)

@@ -5,6 +5,8 @@
 -- 'submit_open' is 1 from here until the worker records how the provider call ended; finding it
 -- still 1 means a worker died mid-call (or the call ended without an answer), and nobody knows
 -- whether the provider started the job; that holds even when the lease is gone.
+-- ARGV[2]: this attempt's token. The same attempt asking again (its first reply was lost on the
+-- way back, and the client resent the call) gets 'go' again: it has not called the provider yet.
 -- Returns {'go', account, tries, previous_state} | {'interrupted', account, tries} | {'skip', state}
 --       | {'requeued'} | {'missing'}.
 
@@ -38,12 +40,16 @@ if not i then
   return {'requeued'}
 end
 renew(job)
+local attempt = ARGV[2] or ''
 if state == 'submitting' and redis.call('HGET', JOB_KEY, 'submit_open') == '1' then
+  if attempt ~= '' and redis.call('HGET', JOB_KEY, 'submit_attempt') == attempt then
+    return {'go', cfg.accounts[i], tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0), state}
+  end
   return {'interrupted', cfg.accounts[i], tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0)}
 end
 local tries = redis.call('HINCRBY', JOB_KEY, 'submit_tries', 1)
 redis.call('HSET', JOB_KEY, 'state', 'submitting', 'account', cfg.accounts[i], 'updated_ms', NOW,
-           'submitted_ms', NOW, 'submit_open', '1')
+           'submitted_ms', NOW, 'submit_open', '1', 'submit_attempt', attempt)
 if state ~= 'submitting' then
   move_state_index(job, state, 'submitting')
   emit(job, 'submitting', 0, cfg.accounts[i], 'worker')

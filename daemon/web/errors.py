@@ -14,6 +14,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, LooseHeaders
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daemon.errors import RequestError, ServiceUnavailable, Unauthorized
@@ -71,9 +72,33 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             f"Redis is unreachable: {exc}",
             headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)},
         )
+    except ResponseError as exc:
+        refusal = redis_refusal(exc)
+        if refusal is None:
+            log.exception("unhandled error", method=request.method, path=loggable_path(request))
+            return error_response(500, "internal error")
+        log.warning(
+            "redis refused a write", method=request.method, path=loggable_path(request), error=str(exc)
+        )
+        return error_response(503, refusal, headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)})
     except Exception:
         log.exception("unhandled error", method=request.method, path=loggable_path(request))
         return error_response(500, "internal error")
+
+
+def redis_refusal(exc: ResponseError) -> str | None:
+    """What to tell a client when Redis refuses writes for a while (nothing was written: a script is
+    refused at its first write), or None for any other error."""
+    message = str(exc)
+    if "OOM command not allowed" in message:
+        return (
+            "Redis is out of memory (maxmemory reached; with maxmemory-policy noeviction it refuses "
+            "writes rather than delete jobs): nothing was written. Retry later; the operator must "
+            "raise maxmemory or free memory"
+        )
+    if isinstance(exc, ReadOnlyError) or "READONLY" in message:
+        return "Redis is read-only (a replica, or a failover in progress): nothing was written; retry"
+    return None
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

@@ -1,0 +1,84 @@
+"""A throwaway redis-server for fault scenarios: the embedded binary (``daemon.redis.EmbeddedRedis``)
+on a port that stays the same across restarts, so processes pointed at it find it again.
+
+``restart()`` is a graceful SHUTDOWN (the AOF is fsynced) and a start on the same port and data dir;
+``kill()`` is ``kill -9`` (what the last second of ``appendfsync everysec`` did not write is lost);
+``config_set`` changes the running server (``maxmemory``, ``maxmemory-policy``...).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+import redis
+
+from daemon.redis import HOST, EmbeddedRedis
+
+
+class RedisServer:
+    """One redis-server under ``data_dir``; ``appendonly`` and ``config`` apply to every (re)start."""
+
+    def __init__(
+        self, data_dir: Path, *, appendonly: bool = True, config: Mapping[str, str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        self.config = dict(config or {})
+        self._port: int | None = None
+        self._server: EmbeddedRedis | None = None
+        self.starts = 0
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the server was never started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._server.pid if self._server is not None else None
+
+    def start(self) -> str:
+        """Start the server (on the port of the first start, once it had one) and wait for PING."""
+        self._server = EmbeddedRedis(
+            self.data_dir, port=self._port, appendonly=self.appendonly, extra_config=self.config
+        )
+        self._server.start()
+        self._port = self._server.port
+        self.starts += 1
+        return self.url
+
+    def stop(self) -> None:
+        """Graceful: SHUTDOWN fsyncs the AOF before the server exits."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
+
+    def kill(self) -> None:
+        """``kill -9``: nothing is flushed; the lock and state files are released as a crash leaves them."""
+        server = self._server
+        if server is None or server.pid is None:
+            return
+        os.kill(server.pid, signal.SIGKILL)
+        server.stop()  # reaps the dead process and releases the data dir's lock
+        self._server = None
+
+    def client(self) -> redis.Redis:
+        """A synchronous client straight to the server (never through a proxy)."""
+        return redis.Redis(host=HOST, port=self.port, decode_responses=True, socket_timeout=5)
+
+    def config_set(self, name: str, value: str) -> None:
+        with self.client() as client:
+            client.config_set(name, value)
+        self.config[name] = value
