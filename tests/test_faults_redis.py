@@ -29,10 +29,11 @@ from daemon.client import Client
 from daemon.redis import connect
 from daemon.scripts import script_source
 from emulator.config import EmulatorConfig
-from tests.conftest import API_KEYS, DaemonProcess, Emulator, process_env
+from tests.conftest import API_KEYS, Emulator, process_env
 from tests.harness.invariants import check_invariants as harness_invariants
 from tests.harness.invariants import no_secrets_logged
 from tests.harness.oracle import Oracle
+from tests.harness.processes import DaemonProcess
 from tests.harness.proxy import FaultProxy
 from tests.harness.redis_server import RedisServer
 

@@ -14,7 +14,8 @@ from daemon.client import Client
 from daemon.redis import EmbeddedRedis, connect
 from daemon.settings import Settings
 from daemon.web.app import create_app
-from tests.conftest import DaemonProcess, Emulator, process_env
+from tests.conftest import Emulator, process_env
+from tests.harness.processes import DaemonProcess
 from tests.harness.redis_server import RedisServer
 
 JOB = {"provider": "ltx", "operation": "text-to-video", "params": {"prompt": "x"}}

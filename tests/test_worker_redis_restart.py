@@ -16,7 +16,7 @@ from tests.conftest import API_KEYS, Emulator, process_env
 ACCOUNTS = {"a1": 2}
 T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
 STARTED = "worker started"
-UNREACHABLE = "Redis unreachable; the worker keeps trying"
+UNREACHABLE = "Redis is unreachable"  # the worker says so, then keeps going
 
 
 @pytest.fixture
