@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 from daemon.errors import ProviderAction, ProviderError
-from daemon.jobs import Job, Update
+from daemon.jobs import Job, State, Update
 from daemon.metrics import METRICS
 from daemon.settings import Account
 
@@ -109,6 +109,25 @@ class WebhookProvider(Provider, Protocol):
     def parse_callback(self, body: Mapping[str, Any], *, confirm: bool = False) -> tuple[str | None, Update]:
         """Our job id (the ``replyRef`` echoed back, when present) and what the callback reports."""
         ...
+
+
+def action_for_status(status: int, stop_account: frozenset[int]) -> ProviderAction:
+    """What an error status means, by the rule every provider table follows (providers.md §1.6,
+    §2.5, §3.5): 404 the job is gone; the provider's account statuses (auth, credits, plan) stop
+    the account; 429 and 5xx are retried; any other 4xx (400, 413, 422, ...) is a bad request and
+    fails the job."""
+    if status == 404:
+        return ProviderAction.LOST
+    if status in stop_account:
+        return ProviderAction.STOP_ACCOUNT
+    if status == 429 or status >= 500:
+        return ProviderAction.RETRY
+    return ProviderAction.GIVE_UP
+
+
+def lost(message: str) -> Update:
+    """The status read's answer for a job the provider no longer knows (its 404)."""
+    return Update(State.FAILED, message=message, error_type="lost")
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

@@ -15,7 +15,7 @@ import aiohttp
 
 from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
-from daemon.providers.base import request_json, retry_after_seconds
+from daemon.providers.base import action_for_status, lost, request_json, retry_after_seconds
 from daemon.settings import Account
 
 # Endpoint -> the key of its result URL.
@@ -29,7 +29,6 @@ RESULT_KEYS = {
     "video-to-video-hdr": "exr_frames_url",
 }
 RESULT_RETENTION_MS = 24 * 3600 * 1000
-GIVE_UP_STATUSES = frozenset({400, 413, 422})
 STOP_ACCOUNT_STATUSES = frozenset({401, 402, 403})
 # LTX reports no percentage: a processing job is shown half way.
 PROCESSING_PROGRESS = 50
@@ -41,16 +40,7 @@ def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
     error_type = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     text = f"LTX {status} {error_type or 'error'}: {message or 'no message'}"
-    if status == 404:
-        action = ProviderAction.LOST
-    elif status in GIVE_UP_STATUSES:
-        action = ProviderAction.GIVE_UP
-    elif status in STOP_ACCOUNT_STATUSES:
-        action = ProviderAction.STOP_ACCOUNT
-    elif status == 429 or status >= 500:
-        action = ProviderAction.RETRY
-    else:
-        action = ProviderAction.GIVE_UP
+    action = action_for_status(status, STOP_ACCOUNT_STATUSES)
     raise ProviderError(
         text, action=action, status=status, error_type=error_type, retry_after=retry_after_seconds(headers)
     )
@@ -81,11 +71,9 @@ class LtxProvider:
             _, body = await request_json(session, "GET", url, account=account, classify=classify)
         except ProviderError as exc:
             if exc.action is ProviderAction.LOST:
-                return Update(
-                    State.FAILED,
-                    message="LTX no longer knows this job (404): its result expired after the 24 h "
-                    "retention, or it never existed",
-                    error_type="lost",
+                return lost(
+                    "LTX no longer knows this job (404): its result expired after the 24 h "
+                    "retention, or it never existed"
                 )
             raise
         return parse_status(job.operation, body if isinstance(body, dict) else {})

@@ -21,6 +21,8 @@ from daemon.providers.base import (
     ProviderAsset,
     ProviderCapacity,
     RunningJob,
+    action_for_status,
+    lost,
     request_json,
     retry_after_seconds,
 )
@@ -29,10 +31,8 @@ from daemon.settings import Account
 LTX_STUDIO_OPERATIONS = frozenset(
     {"videos/ltx-create", "videos/veo-create", "images/create", "images/edit", "images/upscale"}
 )
-GIVE_UP_STATUSES = frozenset({400, 413, 422})
 # 401 bad token, 402 no subscription, 412 out of credits, 596 account on hold: the account, not the job.
 STOP_ACCOUNT_STATUSES = frozenset({401, 402, 412, 596})
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 CALLBACK_TYPES = frozenset({"active", "completed", "failed"})
 
 
@@ -40,14 +40,7 @@ def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
     """Raise the ``ProviderError`` for a useapi error answer (providers.md §1.6)."""
     message = body.get("error") if isinstance(body, dict) else None
     text = f"useapi {status}: {message or 'no message'}"
-    if status == 404:
-        action = ProviderAction.LOST
-    elif status in STOP_ACCOUNT_STATUSES:
-        action = ProviderAction.STOP_ACCOUNT
-    elif status in RETRY_STATUSES or status >= 500:
-        action = ProviderAction.RETRY
-    else:
-        action = ProviderAction.GIVE_UP
+    action = action_for_status(status, STOP_ACCOUNT_STATUSES)
     raise ProviderError(text, action=action, status=status, retry_after=retry_after_seconds(headers))
 
 
@@ -144,11 +137,7 @@ class UseapiProvider:
             _, body = await request_json(session, "GET", url, account=account, classify=classify)
         except ProviderError as exc:
             if exc.action is ProviderAction.LOST:
-                return Update(
-                    State.FAILED,
-                    message="useapi no longer knows this job (404 job not found or has expired)",
-                    error_type="lost",
-                )
+                return lost("useapi no longer knows this job (404 job not found or has expired)")
             raise
         return parse_status(body if isinstance(body, dict) else {})
 

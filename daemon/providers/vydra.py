@@ -26,7 +26,15 @@ import aiohttp
 
 from daemon.errors import InvalidRequest, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
-from daemon.providers.base import AssetPage, ProviderAsset, ProviderCapacity, RunningJob, request_json
+from daemon.providers.base import (
+    AssetPage,
+    ProviderAsset,
+    ProviderCapacity,
+    RunningJob,
+    action_for_status,
+    lost,
+    request_json,
+)
 from daemon.request_budget import (
     CONFIRM_SHARE,
     FULL_SHARE,
@@ -42,7 +50,6 @@ WORKFLOWS = frozenset(
     {"generate_video", "generate_image", "generate_asmr", "lipsync_video", "house-timelapse"}
 )
 WORKFLOW_SLUG = re.compile(r"[a-z0-9_-]+")
-GIVE_UP_STATUSES = frozenset({400, 413, 422})
 STOP_ACCOUNT_STATUSES = frozenset({401, 402, 403})
 FAILED_STATUSES = frozenset({"failed", "error", "cancelled", "canceled"})
 # The Free plan's limit, assumed until the account's own is known (providers.md §3.5).
@@ -82,16 +89,7 @@ def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
     message = body.get("error") if isinstance(body, dict) else None
     code = body.get("code") if isinstance(body, dict) else None
     text = f"vydra {status} {code or 'error'}: {message or 'no message'}"
-    if status == 404:
-        action = ProviderAction.LOST
-    elif status in STOP_ACCOUNT_STATUSES:
-        action = ProviderAction.STOP_ACCOUNT
-    elif status in GIVE_UP_STATUSES:
-        action = ProviderAction.GIVE_UP
-    elif status == 429 or status >= 500:
-        action = ProviderAction.RETRY
-    else:
-        action = ProviderAction.GIVE_UP
+    action = action_for_status(status, STOP_ACCOUNT_STATUSES)
     raise ProviderError(
         text,
         action=action,
@@ -246,11 +244,7 @@ class VydraProvider:
             _, body = await self._call(session, account, "GET", self._job_path(job), share, wait=False)
         except ProviderError as exc:
             if exc.action is ProviderAction.LOST:
-                return Update(
-                    State.FAILED,
-                    message="vydra no longer knows this job (404 job not found)",
-                    error_type="lost",
-                )
+                return lost("vydra no longer knows this job (404 job not found)")
             raise
         return parse_status(body if isinstance(body, dict) else {})
 
