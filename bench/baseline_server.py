@@ -14,7 +14,7 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from daemon.redis import connect
+from daemon.redis_connection import connect
 
 
 async def serve(mode: str, redis_url: str) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import aiohttp
 
+from daemon.embedded_redis import EmbeddedRedis
 from daemon.processes import Child, child_env
-from daemon.redis import EmbeddedRedis
 
 STOP_GRACE_S = 10.0
 READY_TIMEOUT_S = 60.0

@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from daemon.redis import EmbeddedRedis
+from daemon.embedded_redis import EmbeddedRedis
 from emulator.app import create_app
 from emulator.config import EmulatorConfig
 

@@ -45,7 +45,7 @@ from bench.invariants import (
     job_outcomes,
     leases_left,
 )
-from daemon.redis import connect
+from daemon.redis_connection import connect
 from daemon.settings import Settings
 from emulator.config import EmulatorConfig
 

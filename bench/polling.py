@@ -27,9 +27,10 @@ from bench.cluster import Cluster, cpu_seconds, rss_mb
 from bench.common import ProviderTraffic, embedded_redis, emulator, percentile, quiet, stop_on_sigterm
 from bench.load import LTX_PARAMS, Fleet
 from daemon import keys
+from daemon.accounts_file import MAX_ACCOUNT_JOBS
 from daemon.jobs import JobRequest
 from daemon.services import open_services
-from daemon.settings import MAX_ACCOUNT_JOBS, Settings
+from daemon.settings import Settings
 
 ACCOUNTS = 10
 WARM_UP_TIMEOUT_S = 600.0

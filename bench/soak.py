@@ -43,7 +43,7 @@ from bench.invariants import (
 from bench.load import SECRET, Fleet, enqueue, wait_terminal
 from daemon.callback_tokens import CallbackTokens
 from daemon.processes import Child
-from daemon.redis import connect
+from daemon.redis_connection import connect
 from daemon.settings import Settings
 
 WORKERS = 4

@@ -18,12 +18,13 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from daemon import keys
+from daemon.accounts_file import Account
 from daemon.assets import AssetStore, imported_fields
 from daemon.errors import DaemonError, InvalidRequest, ProviderAction, ProviderError
 from daemon.providers import get_provider
 from daemon.providers.base import AssetProvider, ProviderAsset
 from daemon.services import open_services
-from daemon.settings import Account, Settings
+from daemon.settings import Settings
 
 DEFAULT_PAGE_SIZE = 50
 DEFAULT_MAX_PAGES = 1000

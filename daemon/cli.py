@@ -11,10 +11,10 @@ from typing import Any
 
 import orjson
 
+from daemon.embedded_redis import find_running, redis_url
 from daemon.errors import DaemonError, InvalidRequest, SettingsError
 from daemon.logs import configure_logging
 from daemon.processes import Child, child_env, stop_all, wait_for_exit
-from daemon.redis import find_running, redis_url
 from daemon.settings import Settings
 
 EXIT_USAGE = 2
@@ -232,8 +232,8 @@ def announce_web(url: str) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.settings import build_worker, check_health
     from workers.supervisor import run_supervised
+    from workers.worker import build_worker, check_health
 
     settings = load_settings(require_accounts=not args.check)
     if args.check:
@@ -302,7 +302,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from daemon.cancel import cancel_job
+    from daemon.cancellation import cancel_job
     from daemon.services import open_services
 
     settings = load_settings()

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from daemon import keys
 from daemon.jobs import DEFAULT_PRIORITY, REQUEST_NAMESPACE, TERMINAL, Job, JobRequest, State
-from daemon.redis import connect
+from daemon.redis_connection import connect
 
 # arq drops a queued job whose key expired; a worker takes it within milliseconds when one runs.
 ACCEPT_EXPIRY_MS = 7 * 86_400_000

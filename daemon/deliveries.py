@@ -29,7 +29,7 @@ from yarl import URL
 
 from daemon import keys
 from daemon.errors import InvalidRequest, NotFound
-from daemon.redis import connect
+from daemon.redis_connection import connect
 from daemon.services import shared_secret
 from daemon.settings import Settings
 from daemon.slots import ARQ_EXPIRY_MS

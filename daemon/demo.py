@@ -23,8 +23,9 @@ from typing import Any
 import aiohttp
 
 from daemon import keys
+from daemon.embedded_redis import EmbeddedRedis
 from daemon.processes import Child, child_env, stop_all
-from daemon.redis import EmbeddedRedis, connect
+from daemon.redis_connection import connect
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def free_port() -> int:
 
 
 def redis_version() -> str:
-    from daemon.redis import embedded_server_binary
+    from daemon.embedded_redis import embedded_server_binary
 
     out = subprocess.run(
         [str(embedded_server_binary()), "--version"], capture_output=True, text=True, check=False

@@ -11,7 +11,7 @@ import structlog
 
 from daemon import keys
 from daemon.callback_tokens import CallbackTokens
-from daemon.redis import connect
+from daemon.redis_connection import connect
 from daemon.scripts import Scripts
 from daemon.settings import Settings
 from daemon.slots import SlotAllocator

@@ -16,8 +16,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from daemon.embedded_redis import embedded_server_binary
 from daemon.errors import SettingsError
-from daemon.redis import embedded_server_binary
 
 __all__ = ["check_redis", "runs_embedded_binary"]
 

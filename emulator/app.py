@@ -12,9 +12,9 @@ from aiohttp.typedefs import Handler
 
 from emulator import control, ltx, ltxstudio, vydra
 from emulator.config import EmulatorConfig
+from emulator.ltx_state import STATE_KEY, EmulatorState
 from emulator.ltxstudio_state import STUDIO_KEY, StudioState
 from emulator.responses import ApiError, error_response
-from emulator.state import STATE_KEY, EmulatorState
 from emulator.vydra_state import VYDRA_KEY, VydraState
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from aiohttp import web
 
 from emulator.config import check_vydra_account
 from emulator.faults import parse_fault
+from emulator.ltx_state import STATE_KEY
 from emulator.ltxstudio_state import STUDIO_KEY
 from emulator.responses import ApiError, json_response
-from emulator.state import STATE_KEY
 from emulator.vydra_state import VYDRA_KEY
 
 PREFIX = "/_emulator"

@@ -4,8 +4,8 @@ from typing import Any
 
 from aiohttp import web
 
+from emulator.ltx_state import STATE_KEY, EmulatorState, Job
 from emulator.responses import ApiError, decode_object, json_response
-from emulator.state import STATE_KEY, EmulatorState, Job
 
 ENDPOINTS: dict[str, tuple[str, ...]] = {
     "text-to-video": ("prompt", "model", "duration", "resolution"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emulator.ltx import failure_message
-from emulator.state import account_stats, iso_utc
+from emulator.ltx_state import account_stats, iso_utc
 
 MIME_TYPES = {"video": "video/mp4", "image": "image/png"}
 SIGNED_URL_SECONDS = 6 * 3600.0  # [I] the seed's example URLs are valid for hours

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from emulator.config import EmulatorConfig
+from emulator.ltx_state import EmulatorState
 from emulator.ltxstudio_models import (
     StudioAccount,
     StudioJob,
@@ -30,7 +31,6 @@ from emulator.ltxstudio_models import (
     status_model,
     with_envelope,
 )
-from emulator.state import EmulatorState
 from emulator.webhooks import Delivery, WebhookDispatcher
 
 # Progress callbacks (knob webhook_progress) report the job at these fractions of its run; the

@@ -25,8 +25,8 @@ from aiohttp import web
 from yarl import URL
 
 from emulator.config import VYDRA_PLANS
+from emulator.ltx_state import iso_utc
 from emulator.responses import ApiError, decode_object, default_message, json_response
-from emulator.state import iso_utc
 from emulator.vydra_state import VYDRA_KEY, WORKFLOWS, VydraAccount, VydraJob, VydraState, describe_failure
 
 PREFIX = "/api/v1"

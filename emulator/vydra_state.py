@@ -30,7 +30,7 @@ from aiohttp import web
 
 from emulator.config import VYDRA_PLANS, EmulatorConfig
 from emulator.ltx import failure_message
-from emulator.state import EmulatorState, iso_utc
+from emulator.ltx_state import EmulatorState, iso_utc
 from emulator.webhooks import Delivery, WebhookDispatcher
 
 DEFAULT_CREDITS = 100_000

@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from daemon.redis import EmbeddedRedis, connect
+from daemon.embedded_redis import EmbeddedRedis
+from daemon.redis_connection import connect
 from daemon.services import Services, open_services
 from daemon.settings import Settings
 from emulator.app import create_app as create_emulator
@@ -180,7 +181,7 @@ async def open_daemon(redis_client: aioredis.Redis, redis_url: str) -> AsyncIter
 @pytest.fixture
 async def start_worker(redis_client: aioredis.Redis, redis_url: str) -> AsyncIterator[Callable[..., object]]:
     """Run arq workers in this event loop (the test's); all are closed at the end of the test."""
-    from workers.settings import build_worker
+    from workers.worker import build_worker
 
     running: list[tuple[object, asyncio.Task[None]]] = []
 

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from daemon.cli import build_parser
-from daemon.redis import HOST, EmbeddedRedis, connect, embedded_server_binary
+from daemon.embedded_redis import HOST, EmbeddedRedis, embedded_server_binary
+from daemon.redis_connection import connect
 from daemon.settings import Settings
 from daemon.startup_checks import check_redis
 

@@ -13,15 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from daemon.embedded_redis import STATE_FILE, EmbeddedRedis, embedded_server_binary, find_running, redis_url
 from daemon.errors import ServiceUnavailable
-from daemon.redis import (
-    STATE_FILE,
-    EmbeddedRedis,
-    connect,
-    embedded_server_binary,
-    find_running,
-    redis_url,
-)
+from daemon.redis_connection import connect
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,7 +206,7 @@ async def test_connect_returns_a_working_async_client(server: EmbeddedRedis) -> 
 SHARER = """
 import sys
 from pathlib import Path
-from daemon.redis import redis_url
+from daemon.embedded_redis import redis_url
 
 with redis_url(None, Path(sys.argv[1])) as url:
     print(url, flush=True)

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from daemon import keys
 from daemon.client import Client
-from daemon.redis import connect
+from daemon.redis_connection import connect
 from daemon.scripts import script_source
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, Emulator, process_env

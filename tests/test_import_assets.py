@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from daemon import keys
+from daemon.accounts_file import Account
 from daemon.asset_import import import_assets
 from daemon.assets import AssetStore
 from daemon.client import Client
@@ -23,7 +24,7 @@ from daemon.errors import DaemonError
 from daemon.providers import get_provider
 from daemon.providers.useapi import UseapiProvider
 from daemon.services import Services
-from daemon.settings import Account, Settings
+from daemon.settings import Settings
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, USEAPI_TOKEN, Emulator, process_env
 

@@ -22,7 +22,7 @@ from daemon.client import Client
 from daemon.errors import ProviderError, SettingsError
 from daemon.metrics import RedisStateCollector, serve_worker_metrics
 from daemon.providers.base import request_json
-from daemon.redis import connect
+from daemon.redis_connection import connect
 from daemon.services import Services
 from daemon.settings import Settings
 from daemon.web.app import create_app

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from daemon import keys
+from daemon.accounts_file import Account
 from daemon.client import Client
 from daemon.errors import ProviderAction, ProviderError, SettingsError
 from daemon.jobs import Job, State
@@ -24,7 +25,6 @@ from daemon.providers import get_provider, webhook_provider
 from daemon.providers.vydra import VydraProvider, classify, parse_status
 from daemon.request_budget import FULL_SHARE, RequestBudget, RequestLimit, attach
 from daemon.services import Services
-from daemon.settings import Account
 from daemon.web.app import create_app
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, VYDRA_KEYS, Emulator

@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from daemon.client import Client
-from daemon.redis import EmbeddedRedis, connect
+from daemon.embedded_redis import EmbeddedRedis
+from daemon.redis_connection import connect
 from daemon.settings import Settings
 from daemon.web.app import create_app
 from tests.conftest import Emulator, process_env
@@ -80,7 +81,7 @@ async def test_a_job_start_cut_by_redis_gives_back_its_place_in_max_jobs(
 ) -> None:
     """arq counts a job against max_jobs before the Redis calls that take it; when those fail it
     never gave the place back, so each outage cost one place until the worker took no job at all."""
-    from workers.settings import build_worker
+    from workers.worker import build_worker
 
     server = RedisServer(tmp_path / "redis")
     await asyncio.to_thread(server.start)

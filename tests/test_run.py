@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from daemon.client import Client
-from daemon.redis import find_running
+from daemon.embedded_redis import find_running
 from tests.conftest import API_KEYS, Emulator, write_accounts
 
 READY = "genrelay web listening on"

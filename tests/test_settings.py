@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.accounts_file import DEFAULT_BASE_URLS, Account, _LineFinder
 from daemon.errors import SettingsError
-from daemon.settings import DEFAULT_BASE_URLS, Account, Settings, _LineFinder
+from daemon.settings import Settings
 
 API_KEY = "ltxv-key-0123456789abcdef"
 

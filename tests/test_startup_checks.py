@@ -13,8 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
+from daemon.embedded_redis import EmbeddedRedis
 from daemon.errors import SettingsError
-from daemon.redis import EmbeddedRedis, connect
+from daemon.redis_connection import connect
 from daemon.services import open_services
 from daemon.settings import Settings
 from daemon.startup_checks import check_redis, runs_embedded_binary
@@ -122,7 +123,7 @@ def foreign_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("no redis-server on PATH besides the embedded one")
-    monkeypatch.setattr("daemon.redis.embedded_server_binary", lambda: Path(binary))
+    monkeypatch.setattr("daemon.embedded_redis.embedded_server_binary", lambda: Path(binary))
     server = EmbeddedRedis(tmp_path / "foreign", appendonly=False)
     server.start()
     monkeypatch.undo()  # the check itself must compare against the real embedded binary

@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from daemon.accounts_file import Account
 from daemon.accounts_view import sync_lines
 from daemon.client import Client
 from daemon.errors import ProviderError
 from daemon.jobs import JobRequest
 from daemon.providers.base import request_json
 from daemon.services import Services
-from daemon.settings import Account
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, USEAPI_TOKEN, Emulator
 from workers.capacity import capacity_provider

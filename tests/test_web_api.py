@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from daemon import keys
 from daemon.jobs import State, Update
-from daemon.redis import connect
+from daemon.redis_connection import connect
 from daemon.services import Services
 from daemon.settings import Settings
 from daemon.web.api import MAX_BODY_BYTES, SERVICES

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.client import Client
-from daemon.redis import EmbeddedRedis
+from daemon.embedded_redis import EmbeddedRedis
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, Emulator, process_env
 

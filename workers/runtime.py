@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 
+from daemon.accounts_file import Account
 from daemon.providers.base import USER_AGENT
 from daemon.services import Services
-from daemon.settings import Account
 
 # Where arq's ctx keeps the runtime.
 RUNTIME = "runtime"

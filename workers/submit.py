@@ -23,8 +23,8 @@ from daemon.keys import provider_of
 from daemon.metrics import count_submit_outcomes
 from daemon.providers import get_provider, webhook_provider
 from daemon.store import SubmitClaim
-from workers.cancel import stop_at_provider
 from workers.capacity import fail_uncertain, lists_reply_refs, request_reconcile
+from workers.provider_cancel import stop_at_provider
 from workers.runtime import RUNTIME, WorkerRuntime
 from workers.supervisor import until_redis_answers
 

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daemon.backoff import backoff_seconds
-from daemon.redis import connect
+from daemon.redis_connection import connect
 
 log = structlog.get_logger("genrelay.worker")
 

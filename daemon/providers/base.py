@@ -10,10 +10,10 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from daemon.accounts_file import Account
 from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.metrics import METRICS
-from daemon.settings import Account
 
 USER_AGENT = "genrelay/0.1 (+https://github.com/genrelay/genrelay)"
 # A submit or a status read is one small JSON exchange; anything slower is treated as a failure.

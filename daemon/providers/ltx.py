@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 import aiohttp
 
+from daemon.accounts_file import Account
 from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.providers.base import action_for_status, lost, request_json, retry_after_seconds
-from daemon.settings import Account
 
 # Endpoint -> the key of its result URL.
 RESULT_KEYS = {

@@ -13,6 +13,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from daemon.accounts_file import Account
 from daemon.assets import asset_type
 from daemon.errors import InvalidRequest, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
@@ -26,7 +27,6 @@ from daemon.providers.base import (
     request_json,
     retry_after_seconds,
 )
-from daemon.settings import Account
 
 LTX_STUDIO_OPERATIONS = frozenset(
     {"videos/ltx-create", "videos/veo-create", "images/create", "images/edit", "images/upscale"}

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import aiohttp
 
+from daemon.accounts_file import Account
 from daemon.errors import InvalidRequest, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.providers.base import (
@@ -44,7 +45,6 @@ from daemon.request_budget import (
     RequestLimit,
     budget_of,
 )
-from daemon.settings import Account
 
 WORKFLOWS = frozenset(
     {"generate_video", "generate_image", "generate_asmr", "lipsync_video", "house-timelapse"}

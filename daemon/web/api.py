@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from daemon import cancel
+from daemon import cancellation
 from daemon.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from daemon.jobs import JobRequest, State
 from daemon.services import Services
@@ -57,7 +57,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job that has not ended: it is ``canceled`` at once (slot released, app told) and
     its provider is asked to stop it where it can (``cancelNote`` on the job says what happened);
     404 when unknown, 409 when it has already ended."""
-    canceled = await cancel.cancel_job(request.app[SERVICES], request.match_info["jobId"])
+    canceled = await cancellation.cancel_job(request.app[SERVICES], request.match_info["jobId"])
     return json_response({**canceled.job, "cancel": {"atProvider": canceled.at_provider}})
 
 

@@ -1,4 +1,4 @@
-"""The web process: the app factory, the health routes, the access log and the server loop.
+"""The web process: the app factory, the access log and the server loop (probes: :mod:`daemon.web.ops`).
 
 ``create_app`` is shared by ``genrelay web`` (through :func:`serve`) and the tests. The shared
 services (Redis client, scripts, slots, store) are opened in one cleanup context and kept under
@@ -12,34 +12,30 @@ import ipaddress
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
-from dataclasses import fields
 
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from redis.exceptions import RedisError
 
-from daemon import keys
-from daemon.services import Services, open_services
+from daemon.services import open_services
 from daemon.settings import Settings
 from daemon.web.api import MAX_BODY_BYTES, SERVICES, routes
 from daemon.web.assets import routes as asset_routes
 from daemon.web.auth import bearer_auth
 from daemon.web.callbacks import routes as callback_routes
 from daemon.web.dashboard import routes as dashboard_routes
-from daemon.web.errors import REDIS_UNREACHABLE, error_middleware, json_response, loggable_path
+from daemon.web.errors import error_middleware, loggable_path
 from daemon.web.openapi import openapi_json
+from daemon.web.ops import PROBE_PATHS
+from daemon.web.ops import routes as ops_routes
 
-__all__ = ["REDIS_URL", "SETTINGS", "AccessLogger", "create_app", "readiness_problems", "serve"]
+__all__ = ["REDIS_URL", "SETTINGS", "AccessLogger", "create_app", "serve"]
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS_URL = web.AppKey("redis_url", str)
 
 # In-flight requests get this long to finish after SIGTERM; a job request takes milliseconds.
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
-# A readiness probe must answer even when Redis is blackholed (the client has no read timeout).
-READINESS_TIMEOUT_SECONDS = 2.0
-_PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 log = structlog.get_logger("genrelay.web")
 access_log = structlog.get_logger("genrelay.access")
@@ -55,13 +51,12 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url
     app.cleanup_ctx.append(services_context)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_routes(routes)
     app.router.add_routes(asset_routes)
     app.router.add_routes(callback_routes)
     app.router.add_routes(dashboard_routes)
+    app.router.add_routes(ops_routes)
     return app
 
 
@@ -90,55 +85,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the process answers; Redis is not consulted."""
-    return json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: 200 when Redis answers, holds the scripts (reloaded here when Redis lost them) and
-    the accounts; else 503 saying what is missing."""
-    problems = await readiness_problems(request.app[SERVICES])
-    if problems:
-        body = {"error": "not ready: " + "; ".join(problems), "code": 503, "missing": problems}
-        return json_response(body, status=503)
-    return json_response({"status": "ready"})
-
-
-async def readiness_problems(services: Services) -> list[str]:
-    """What keeps the web process from serving: Redis unreachable, or the accounts not loaded."""
-    try:
-        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
-            return await _missing_in_redis(services)
-    except TimeoutError:
-        return [f"Redis did not answer within {READINESS_TIMEOUT_SECONDS:g} s"]
-    except REDIS_UNREACHABLE as exc:
-        return [f"Redis is unreachable: {exc}"]
-    except RedisError as exc:
-        return [f"Redis refused the readiness check: {exc}"]
-
-
-async def _missing_in_redis(services: Services) -> list[str]:
-    scripts = [getattr(services.scripts, f.name) for f in fields(services.scripts)]
-    account_keys = {p: keys.provider_keys(p).accounts for p in services.settings.providers()}
-    async with services.client.pipeline(transaction=False) as pipe:
-        pipe.ping()
-        pipe.script_exists(*(script.sha for script in scripts))
-        for key in account_keys.values():
-            pipe.exists(key)
-        _, loaded, *present = await pipe.execute()
-    if not all(loaded):
-        # Redis forgets every script when it restarts. Load them again here: an unready process gets
-        # no traffic, so no request would ever reload them for it.
-        log.warning("scripts were missing in Redis; loaded again")
-        await services.scripts.load()
-    return [
-        f"accounts of {provider} are not loaded"
-        for provider, exists in zip(account_keys, present, strict=True)
-        if not exists
-    ]
-
-
 class AccessLogger(AbstractAccessLogger):
     """One structured line per request; never the query string, never a callback token."""
 
@@ -150,7 +96,7 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.enabled:
             return
-        if request.path in _PROBE_PATHS and response.status < 400:
+        if request.path in PROBE_PATHS and response.status < 400:
             return  # probes every few seconds would drown the log
         access_log.info(
             "request",

@@ -1,4 +1,4 @@
-"""Operator views: the dashboard at ``GET /`` and the Prometheus scrape at ``GET /metrics``.
+"""The operator's dashboard at ``GET /`` (the Prometheus scrape and the probes are :mod:`daemon.web.ops`).
 
 The dashboard is one server-rendered page, readable without JavaScript; its script
 (``static/dashboard.js``) renders the same markup again every 2 s from the JSON API. Its elements
@@ -9,7 +9,7 @@ With ``GENRELAY_API_TOKENS`` set, the page needs a token like the API: an ``Auth
 header, or, from a browser, ``/?token=...`` once. The script then keeps the token in the tab's
 ``sessionStorage`` for its API calls and removes it from the address bar; a reload without it gets
 a small page that presents the kept token again, or asks for one. The access log never records a
-query string, so the token is not logged. ``/metrics`` stays open, like the health probes.
+query string, so the token is not logged.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
-from daemon.metrics import metrics_response, render_web_metrics
 from daemon.slots import format_elapsed
 from daemon.store import MAX_PAGE_SIZE
 from daemon.web.api import SERVICES
@@ -86,13 +85,6 @@ async def dashboard(request: web.Request) -> web.Response:
         capacity, [job.to_api() for job in active], active_total, [job.to_api() for job in finished]
     )
     return web.Response(text=page, content_type="text/html", headers=_security_headers(_DASHBOARD_SCRIPT))
-
-
-@routes.get("/metrics")
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format: this process's counters and the shared gauges read from Redis now."""
-    services = request.app[SERVICES]
-    return metrics_response(await render_web_metrics(services.client, services.settings))
 
 
 def _token_presented(request: web.Request, tokens: tuple[str, ...]) -> bool:

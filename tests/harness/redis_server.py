@@ -1,4 +1,4 @@
-"""A throwaway redis-server for fault scenarios: the embedded binary (``daemon.redis.EmbeddedRedis``)
+"""A throwaway redis-server for fault scenarios: the embedded binary (``daemon.embedded_redis.EmbeddedRedis``)
 on a port that stays the same across restarts, so processes pointed at it find it again.
 
 ``restart()`` is a graceful SHUTDOWN (the AOF is fsynced) and a start on the same port and data dir;
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from daemon.redis import HOST, EmbeddedRedis
+from daemon.embedded_redis import HOST, EmbeddedRedis
 
 
 class RedisServer:

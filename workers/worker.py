@@ -14,18 +14,18 @@ from arq.connections import ArqRedis, RedisSettings
 from daemon import keys
 from daemon.deliveries import signing_secret
 from daemon.metrics import start_worker_metrics
-from daemon.redis import client_options
+from daemon.redis_connection import client_options
 from daemon.services import open_services
 from daemon.settings import Settings
 from workers.accept import accept_job
-from workers.cancel import cancel_at_provider
 from workers.capacity import CAPACITY_TASK, capacity_forever, sync_capacity
 from workers.deliver import DELIVERY_SENDER, DeliverySender, deliver_job
-from workers.maintenance import sweep_forever
 from workers.poll import poll_forever
+from workers.provider_cancel import cancel_at_provider
 from workers.runtime import RUNTIME, WorkerRuntime, provider_session
 from workers.submit import dispatch_waiting, submit_job
 from workers.supervisor import OutageTolerantWorker, retry_when_redis_unreachable
+from workers.sweep import sweep_forever
 
 log = structlog.get_logger("genrelay.worker")
 

