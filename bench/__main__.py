@@ -5,7 +5,8 @@ Without a name (``make bench``) the short ones run: slots, dispatch, callbacks, 
 burst and latency (jobs through a Redis link with 200 ms of latency). The long ones run only when
 named (see README "Measuring"): ``load`` (scenario 47, 10,000 jobs), ``polling`` (the polling
 ceiling, 10,000 jobs for 60 s) and ``soak`` (scenario 48, ``make soak MINUTES=N``). Options after
-the name go to that benchmark: ``python -m bench load --jobs 500``.
+the name go to that benchmark: ``python -m bench load --jobs 500``. ``validation`` (job request
+validation, the msgspec models against the hand-written checks they replaced) runs only when named.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import callback_burst, callbacks, dispatch, load, polling, redis_latency, slots, soak
+from bench import callback_burst, callbacks, dispatch, load, polling, redis_latency, slots, soak, validation
 
 
 def _plain(main: Callable[[], None]) -> Callable[[list[str]], int]:
@@ -35,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "load": load.main,
     "polling": polling.main,
     "soak": soak.main,
+    "validation": _plain(validation.main),
 }
 SHORT = ("slots", "dispatch", "callbacks", "burst", "latency")
 

@@ -1,7 +1,9 @@
-"""Jobs: the request an app sends, the record genrelay keeps, and the update a provider reports.
+"""Jobs: the record genrelay keeps and the update a provider reports.
 
 The transition rules themselves (monotonic, idempotent) live in ``lua/transition.lua`` so that
-they run atomically next to the data; this module holds the shapes around them.
+they run atomically next to the data; this module holds the shapes around them. The request an app
+sends, :class:`JobRequest`, is one of the HTTP API's shapes (``daemon/api_models.py``) and is
+importable from here too.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from daemon.errors import InvalidRequest
-from daemon.url_guard import url_problem
+if TYPE_CHECKING:
+    from daemon.api_models import JobRequest as JobRequest
 
 MAX_REF_LENGTH = 1024  # providers cap replyRef/replyUrl at 1024 characters
 MAX_PARAMS_BYTES = 64 * 1024  # a generation request is a prompt and a few URLs, not a payload
@@ -39,86 +41,22 @@ class State(enum.StrEnum):
 TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELED})
 
 
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        """``JobRequest`` on first use: ``daemon.api_models`` builds on this module, so it cannot be
+        imported while this one loads."""
+        if name == "JobRequest":
+            from daemon.api_models import JobRequest
+
+            return JobRequest
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def new_job_id(provider: str, request_id: str | None = None) -> str:
     """A job id names its provider, so every key of the job shares the provider's hash tag."""
     token = uuid.uuid5(REQUEST_NAMESPACE, f"{provider}:{request_id}") if request_id else uuid.uuid4()
     return f"{provider}-{token.hex}"
-
-
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """A validated request to run one generation."""
-
-    provider: str
-    operation: str
-    params: dict[str, Any]
-    account: str | None = None
-    reply_url: str | None = None
-    reply_ref: str | None = None
-    priority: int = DEFAULT_PRIORITY
-    request_id: str | None = None
-    notify_progress: bool = False  # also POST progress to replyUrl, not only the end
-
-    @classmethod
-    def from_json(cls, body: Any) -> JobRequest:
-        """Check types and bounds of a decoded JSON body; provider and account are checked later."""
-        if not isinstance(body, dict):
-            raise InvalidRequest("the body must be a JSON object")
-        unknown = set(body) - {
-            "provider",
-            "operation",
-            "params",
-            "account",
-            "replyUrl",
-            "replyRef",
-            "priority",
-            "requestId",
-            "notifyProgress",
-        }
-        if unknown:
-            raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-        params = body.get("params", {})
-        if not isinstance(params, dict):
-            raise InvalidRequest("'params' must be a JSON object")
-        if len(orjson.dumps(params)) > MAX_PARAMS_BYTES:
-            raise InvalidRequest(f"'params' is larger than {MAX_PARAMS_BYTES} bytes")
-        priority = body.get("priority", DEFAULT_PRIORITY)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise InvalidRequest("'priority' must be an integer from 0 to 9 (higher runs first)")
-        notify_progress = body.get("notifyProgress", False)
-        if not isinstance(notify_progress, bool):
-            raise InvalidRequest("'notifyProgress' must be true or false")
-        reply_url = _optional_str(body, "replyUrl")
-        problem = url_problem(reply_url) if reply_url is not None else None
-        if problem is not None:
-            raise InvalidRequest(f"'replyUrl' cannot be used: {problem}")
-        return cls(
-            provider=_required_str(body, "provider"),
-            operation=_required_str(body, "operation"),
-            params=params,
-            account=_optional_str(body, "account"),
-            reply_url=reply_url,
-            reply_ref=_optional_str(body, "replyRef"),
-            priority=priority,
-            request_id=_optional_str(body, "requestId"),
-            notify_progress=notify_progress,
-        )
-
-
-def _required_str(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest(f"'{name}' is required and must be a non-empty string")
-    return value
-
-
-def _optional_str(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > MAX_REF_LENGTH:
-        raise InvalidRequest(f"'{name}' must be a non-empty string of at most {MAX_REF_LENGTH} characters")
-    return value
 
 
 @dataclass(frozen=True, slots=True)

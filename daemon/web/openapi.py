@@ -1,10 +1,11 @@
 """The OpenAPI 3.1 description of the HTTP API, served at ``GET /openapi.json``.
 
-The document is plain data built from :data:`PATHS`, one entry per route, so that documenting a new
-route is one more entry there. ``tests/test_openapi.py`` fails when the app registers a route that has
-no entry, and runs schemathesis against a live server to check that every answer matches what is
-written here. Limits (lengths, page sizes, states) come from the modules that enforce them, so the
-document cannot drift from the code on those.
+The route table, :data:`PATHS`, is written here, one entry per route, so that documenting a new
+route is one more entry there. The schemas of bodies and answers are generated from the structs of
+``daemon/api_models.py``, the same ones that validate a job request, so the two cannot disagree.
+``tests/test_openapi.py`` fails when the app registers a route that has no entry, and runs
+schemathesis against a live server to check that every answer matches what is written here. Query
+limits (page sizes, states) come from the modules that enforce them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from daemon.api_models import schema_components
 from daemon.assets import ASSET_TYPES, MAX_WORKFLOW_LENGTH
-from daemon.jobs import DEFAULT_PRIORITY, MAX_PARAMS_BYTES, MAX_REF_LENGTH, State
+from daemon.jobs import State
 from daemon.store import MAX_PAGE_SIZE
 from daemon.web.api import DEFAULT_PAGE_SIZE, MAX_BODY_BYTES
 
@@ -46,10 +48,6 @@ def text_body(media_type: str, description: str) -> Schema:
 
 def error(description: str) -> Schema:
     return json_body(ref("Error"), description)
-
-
-def nullable(schema: Schema) -> Schema:
-    return {"anyOf": [schema, {"type": "null"}]}
 
 
 def query(name: str, schema: Schema, description: str) -> Schema:
@@ -86,241 +84,6 @@ def operation(
         result["requestBody"] = request_body
     return result
 
-
-# --- schemas --------------------------------------------------------------------------------------------
-
-_BOUNDED_TEXT: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_REF_LENGTH}
-_MILLIS: Schema = nullable({"type": "integer", "description": "Unix time in milliseconds"})
-
-SCHEMAS: dict[str, Schema] = {
-    "Error": {
-        "type": "object",
-        "description": "Every 4xx and 5xx answer has this shape (that of the provider APIs).",
-        "required": ["error", "code"],
-        "properties": {
-            "error": {"type": "string", "description": "what is wrong, and what to change"},
-            "code": {"type": "integer", "minimum": 400, "maximum": 599, "description": "the HTTP status"},
-        },
-    },
-    "JobRequest": {
-        "type": "object",
-        "required": ["provider", "operation"],
-        "additionalProperties": False,
-        "properties": {
-            "provider": {"type": "string", "minLength": 1, "description": "a provider with accounts"},
-            "operation": {"type": "string", "minLength": 1, "description": "e.g. text-to-video"},
-            "params": {
-                "type": "object",
-                "description": f"the provider's parameters, at most {MAX_PARAMS_BYTES} bytes as JSON",
-            },
-            "account": {**_BOUNDED_TEXT, "description": "pin the job to this account"},
-            "replyUrl": {
-                **_BOUNDED_TEXT,
-                "pattern": "^https?://",
-                "description": "where to POST the finished job",
-            },
-            "replyRef": {**_BOUNDED_TEXT, "description": "echoed back with the job"},
-            "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": DEFAULT_PRIORITY},
-            "requestId": {**_BOUNDED_TEXT, "description": "idempotency key: the same id is the same job"},
-        },
-        "examples": [
-            {
-                "provider": "ltx",
-                "operation": "text-to-video",
-                "params": {
-                    "prompt": "a lighthouse at dawn",
-                    "model": "ltx-2-fast",
-                    "duration": 4,
-                    "resolution": "1920x1080",
-                },
-            }
-        ],
-    },
-    "JobCreated": {
-        "type": "object",
-        "required": ["jobId", "created"],
-        "properties": {
-            "jobId": {"type": "string"},
-            "created": {"type": "boolean", "description": "false when requestId named an existing job"},
-        },
-    },
-    "JobStatus": {
-        "type": "object",
-        "required": ["type", "progress"],
-        "properties": {
-            "type": {"type": "string", "enum": [state.value for state in State]},
-            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
-            "message": {"type": "string"},
-            "artifact": {"type": "object", "description": "assetUrl, kind, expirationDateString"},
-        },
-    },
-    "Job": {
-        "type": "object",
-        "required": ["jobId", "status", "provider", "operation", "params", "priority", "createdAt"],
-        "properties": {
-            "jobId": {"type": "string"},
-            "status": ref("JobStatus"),
-            "provider": {"type": "string"},
-            "operation": {"type": "string"},
-            "params": {"type": "object"},
-            "account": nullable({"type": "string"}),
-            "providerJobId": nullable({"type": "string"}),
-            "replyRef": nullable({"type": "string"}),
-            "replyUrl": nullable({"type": "string"}),
-            "priority": {"type": "integer", "minimum": 0, "maximum": 9},
-            "errorType": nullable({"type": "string"}),
-            "endedBy": nullable(
-                {
-                    "type": "string",
-                    "description": "what ended the job: callback (a webhook, confirmed by a status "
-                    "read), safety_poll (the slow poll of a job whose webhook never came), poll, "
-                    "submit, cancel, sweep (lease expired) or slots",
-                }
-            ),
-            "submitTries": {"type": "integer", "minimum": 0},
-            "createdAt": _MILLIS,
-            "submittedAt": _MILLIS,
-            "startedAt": _MILLIS,
-            "finishedAt": _MILLIS,
-            "updatedAt": _MILLIS,
-        },
-    },
-    "JobPage": {
-        "type": "object",
-        "required": ["items", "meta"],
-        "properties": {
-            "items": {"type": "array", "items": ref("Job")},
-            "meta": {
-                "type": "object",
-                "required": ["totalItems", "itemCount", "itemsPerPage", "totalPages", "currentPage"],
-                "properties": {
-                    name: {"type": "integer", "minimum": 0}
-                    for name in ("totalItems", "itemCount", "itemsPerPage", "totalPages", "currentPage")
-                },
-            },
-        },
-    },
-    "Asset": {
-        "type": "object",
-        "description": "One finished artifact, recorded once whether it came from a job or an import.",
-        "required": ["id", "provider", "type", "assetUrl", "thumbnails", "createdAt"],
-        "properties": {
-            "id": {"type": "string", "description": "genrelay's own stable id, `<provider>-asset-<32 hex>`"},
-            "provider": {"type": "string"},
-            "account": nullable({"type": "string"}),
-            "workflow": nullable({"type": "string", "description": "the job's operation / the workflow"}),
-            "type": {"type": "string", "enum": list(ASSET_TYPES)},
-            "assetUrl": {"type": "string"},
-            "mimeType": nullable({"type": "string"}),
-            "thumbnails": {
-                "type": "object",
-                "description": "name -> {assetUrl, expirationDateString?}",
-                "additionalProperties": {
-                    "type": "object",
-                    "required": ["assetUrl"],
-                    "properties": {
-                        "assetUrl": {"type": "string"},
-                        "expirationDateString": {"type": "string"},
-                    },
-                },
-            },
-            "expirationDateString": {
-                "type": "string",
-                "pattern": "^[0-9]+$",
-                "description": "when assetUrl stops working, epoch ms; absent when it does not expire",
-            },
-            "jobId": nullable({"type": "string", "description": "our job, when known"}),
-            "providerJobId": nullable({"type": "string"}),
-            "providerAssetId": nullable({"type": "string"}),
-            "createdAt": _MILLIS,
-            "source": nullable({"type": "string", "enum": ["job", "import"]}),
-        },
-    },
-    "AssetPage": {
-        "type": "object",
-        "required": ["items", "meta"],
-        "properties": {
-            "items": {"type": "array", "items": ref("Asset")},
-            "meta": {
-                "type": "object",
-                "required": ["totalItems", "itemCount", "itemsPerPage", "totalPages", "currentPage"],
-                "properties": {
-                    name: {"type": "integer", "minimum": 0}
-                    for name in ("totalItems", "itemCount", "itemsPerPage", "totalPages", "currentPage")
-                },
-            },
-        },
-    },
-    "Capacity": {
-        "type": "object",
-        "description": "The capacity mirror, in the shape of the provider's GET scheduler/available.",
-        "required": ["executing", "available"],
-        "properties": {
-            "executing": {"type": "array", "items": ref("ExecutingJob")},
-            "available": {"type": "array", "items": ref("AccountCapacity")},
-        },
-    },
-    "ExecutingJob": {
-        "type": "object",
-        "required": ["jobId", "provider", "email", "started", "elapsed"],
-        "properties": {
-            "jobId": {"type": "string"},
-            "provider": {"type": "string"},
-            "email": {"type": "string", "description": "the account name"},
-            "started": {"type": "string", "description": "ISO 8601, UTC"},
-            "elapsed": {"type": "string", "description": "HH:MM:SS"},
-            "replyUrl": nullable({"type": "string"}),
-            "replyRef": nullable({"type": "string"}),
-        },
-    },
-    "AccountCapacity": {
-        "type": "object",
-        "required": ["provider", "email", "maxJobs", "executing", "available", "enabled"],
-        "properties": {
-            "provider": {"type": "string"},
-            "email": {"type": "string", "description": "the account name"},
-            "maxJobs": {"type": "integer", "minimum": 0},
-            "executing": {"type": "integer", "minimum": 0},
-            "available": {"type": "integer", "minimum": 0},
-            "enabled": {"type": "boolean"},
-            "disabledReason": nullable({"type": "string"}),
-            "cooldownUntil": _MILLIS,
-            "waiting": {"type": "integer", "minimum": 0, "description": "jobs of the provider waiting"},
-            "foreign": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "slots the provider's last listing showed taken by jobs not ours",
-            },
-            "lastSync": {**_MILLIS, "description": "when the provider's listing was last reconciled (ms)"},
-            "providerMaxJobs": nullable(
-                {"type": "integer", "description": "maxJobs as the provider reports it"}
-            ),
-        },
-    },
-    "CallbackReceived": {
-        "type": "object",
-        "required": ["received", "outcome"],
-        "properties": {
-            "received": {"type": "boolean"},
-            "outcome": {"type": "string", "description": "what the update did to the job; gone: no job"},
-        },
-    },
-    "Status": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"type": "string"}},
-    },
-    "NotReady": {
-        "allOf": [
-            ref("Error"),
-            {
-                "type": "object",
-                "required": ["missing"],
-                "properties": {"missing": {"type": "array", "items": {"type": "string"}}},
-            },
-        ],
-    },
-}
 
 # --- paths ----------------------------------------------------------------------------------------------
 
@@ -384,7 +147,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             "cancelJob",
             "Cancel a job that has not ended (and stop it at the provider where it can)",
             {
-                200: json_body(ref("Job"), "the canceled job, plus cancel.atProvider"),
+                200: json_body(ref("CanceledJob"), "the canceled job, plus cancel.atProvider"),
                 404: error("unknown job, or expired"),
                 409: error("the job has already ended"),
             },
@@ -552,7 +315,7 @@ def build_document() -> Schema:
         },
         "paths": PATHS,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schema_components(),
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
