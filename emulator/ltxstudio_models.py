@@ -1,5 +1,5 @@
 """The shapes of the useapi.net LTX Studio emulator: a job, an account, and the JSON they render
-to (status model §1.4 / seed 001, asset listing item seed 000, scheduler entry seed 002).
+to (docs/providers.md: status model and asset listing item §1.4, scheduler entry §1.5).
 
 A job's status is a pure function of its start, duration and fate on the emulator clock, as in the
 LTX Video part, so every read, callback and listing agrees. The signed artifact URL expires
@@ -16,7 +16,7 @@ from emulator.ltx import failure_message
 from emulator.state import account_stats, iso_utc
 
 MIME_TYPES = {"video": "video/mp4", "image": "image/png"}
-SIGNED_URL_SECONDS = 6 * 3600.0  # [I] the seed's example URLs are valid for hours
+SIGNED_URL_SECONDS = 6 * 3600.0  # [I] useapi's example URLs are valid for hours
 
 
 @dataclass(slots=True)

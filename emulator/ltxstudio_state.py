@@ -1,5 +1,5 @@
 """What the useapi.net LTX Studio emulator remembers: accounts per API token, jobs, and the
-callbacks they will get (providers.md §1.2–§1.5).
+callbacks they will get (docs/providers.md §1.2–§1.5).
 
 Choices where the documents are silent ([I]):
 

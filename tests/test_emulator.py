@@ -1,4 +1,4 @@
-"""The LTX Video API v2 emulator, over real HTTP on loopback (providers.md §2).
+"""The LTX Video API v2 emulator, over real HTTP on loopback (docs/providers.md §2).
 
 Job status is derived from the time since submit, so no test sleeps: jobs use ``[seconds=0]``,
 ``job_seconds=0`` or a large ``job_seconds``, and the walk through the lifecycle uses a fake
@@ -28,7 +28,7 @@ KEY = "ltxv-test-key"
 OTHER_KEY = "ltxv-other-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
-# A minimal valid body per endpoint (providers.md §2.3) and the result key of a completed job.
+# A minimal valid body per endpoint (docs/providers.md §2.3) and the result key of a completed job.
 BODIES: dict[str, dict[str, Any]] = {
     "text-to-video": {
         "prompt": "an eagle",

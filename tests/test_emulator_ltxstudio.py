@@ -1,4 +1,4 @@
-"""The useapi.net LTX Studio emulator (providers.md §1), over real HTTP on loopback.
+"""The useapi.net LTX Studio emulator (docs/providers.md §1), over real HTTP on loopback.
 
 Status is derived from the emulator clock, so every lifecycle test drives a fake clock passed to
 ``create_app`` and never sleeps. Callbacks go to a real aiohttp receiver on another loopback port;
@@ -34,7 +34,7 @@ ACCOUNTS = {TOKEN: {EMAIL: 2}, MULTI: {A: 2, B: 3}}
 WAIT_S = 5.0
 JOB_ID = re.compile(r"^email:(?P<email>[^ ]+)-job:(?P<uuid>[0-9a-f-]{36})-type:(?P<type>video|image)$")
 
-# A minimal valid body per create endpoint (§1.3) and the kind of job it makes.
+# A minimal valid body per create endpoint (docs/providers.md §1.3) and the kind of job it makes.
 BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "videos/ltx-create": ({"prompt": "waves", "model": "ltxv-turbo", "duration": "5"}, "video"),
     "videos/veo-create": ({"model": "veo2", "startAssetId": "asset:1", "duration": 6}, "video"),

@@ -1,4 +1,4 @@
-"""The emulator's vydra.ai contract over real HTTP (providers.md §3, seed 003): paths, envelopes,
+"""The emulator's vydra.ai contract over real HTTP (docs/providers.md §3): paths, envelopes,
 auth codes, credits, limits and their headers, listings, assets, retention and the webhook."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Redis faults (reliability plan, scenarios 22-27) against real processes: ``genrelay web`` and
+"""Redis faults (docs/fault-scenarios.md, scenarios C22-C27) against real processes: ``genrelay web`` and
 ``genrelay worker`` as subprocesses, a throwaway redis-server of their own (tests/harness), the fault
 proxy between them where a scenario needs it, the emulator in this process as the oracle.
 
@@ -290,7 +290,7 @@ async def test_23_kill_9_of_redis_with_aof_everysec(stack: Callable[..., Awaitab
 
 @pytest.mark.timeout(150)
 async def test_24_redis_blackholed_every_process_stays_up(stack: Callable[..., Awaitable[Stack]]) -> None:
-    """A shorter blackhole than the plan's 30 s (6 s) keeps the suite's budget; what matters is that
+    """A shorter blackhole than the catalogue's 30 s (6 s) keeps the suite's budget; what matters is that
     replies stop coming, which a reply timeout and the proxy closing the broken connections cover."""
     s = await stack()
     proxy = await FaultProxy("127.0.0.1", s.server.port).start()

@@ -1,4 +1,4 @@
-"""The vydra adapter against the emulator over real HTTP (providers.md §3): submit, tolerant status
+"""The vydra adapter against the emulator over real HTTP (docs/providers.md §3): submit, tolerant status
 reads, its error table, cancel, capacity, assets, webhooks through the web app, and the per-account
 request budget that keeps fast polling under the plan's limit."""
 
