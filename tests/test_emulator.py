@@ -488,6 +488,7 @@ async def test_job_past_retention_is_404_and_unlisted(make_client: MakeClient) -
 
 
 async def test_config_knobs_change_live(make_client: MakeClient) -> None:
+    """The control route changes the knobs of a running emulator and the next job obeys them."""
     client = await make_client(job_seconds=3600)
     knobs = {
         "job_seconds": 0,
@@ -561,6 +562,8 @@ async def test_reset_returns_to_start_up_state(make_client: MakeClient) -> None:
 
 
 async def test_503_fault_twice_then_normal(make_client: MakeClient) -> None:
+    """An injected 503 with a count answers exactly that many submits in LTX's envelope with its
+    Retry-After, then the emulator serves normally again."""
     client = await make_client(job_seconds=0)
     answer = await control(
         client,
