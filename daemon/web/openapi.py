@@ -129,7 +129,7 @@ SCHEMAS: dict[str, Schema] = {
                 "operation": "text-to-video",
                 "params": {
                     "prompt": "a lighthouse at dawn",
-                    "model": "ltx-2-fast",
+                    "model": "ltx-2-3-fast",
                     "duration": 4,
                     "resolution": "1920x1080",
                 },
