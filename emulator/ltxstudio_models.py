@@ -120,7 +120,7 @@ def with_envelope(job: StudioJob, status: dict[str, Any]) -> dict[str, Any]:
 
 
 def asset_item(job: StudioJob, now: float, public_base: str) -> dict[str, Any]:
-    """One entry of the ``GET assets/`` listing (seed 000)."""
+    """One entry of the ``GET assets/`` listing (docs/providers.md §1.4)."""
     base = public_base.rstrip("/")
     expires_ms = int((job.wall_at(now) + SIGNED_URL_SECONDS) * 1000)
     thumbnail = {
@@ -142,7 +142,7 @@ def elapsed_mm_ss(seconds: float) -> str:
 
 
 def scheduler_entry(job: StudioJob, now: float) -> dict[str, Any]:
-    """One ``executing`` entry of ``GET scheduler`` (seed 002); reply fields only when given."""
+    """One ``executing`` entry of ``GET scheduler`` (docs/providers.md §1.5); reply fields only when given."""
     entry: dict[str, Any] = {
         "jobId": job.job_id,
         "email": job.email,
