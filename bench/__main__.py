@@ -3,10 +3,11 @@ baseline measured in its own run.
 
 Without a name (``make bench``) the short ones run: slots, dispatch, callbacks, a 10 s callback
 burst and latency (jobs through a Redis link with 200 ms of latency). The long ones run only when
-named (see README "Measuring"): ``load`` (scenario 47, 10,000 jobs), ``polling`` (the polling
-ceiling, 10,000 jobs for 60 s) and ``soak`` (scenario 48, ``make soak MINUTES=N``). Options after
-the name go to that benchmark: ``python -m bench load --jobs 500``. ``validation`` (job request
-validation, the msgspec models against the hand-written checks they replaced) runs only when named.
+named (see README "Measuring"): ``load`` (scenario F47 of docs/fault-scenarios.md, 10,000 jobs),
+``polling`` (the polling ceiling, 10,000 jobs for 60 s) and ``soak`` (scenario F48,
+``make soak MINUTES=N``). Options after the name go to that benchmark:
+``python -m bench load --jobs 500``. ``validation`` (job request validation, the msgspec models
+against the hand-written checks they replaced) runs only when named.
 """
 
 from __future__ import annotations

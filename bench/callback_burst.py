@@ -1,4 +1,5 @@
-"""Scenario 46: a callback burst at one web process, 30% duplicates, with a leak check.
+"""Scenario F46 (docs/fault-scenarios.md): a callback burst at one web process, 30% duplicates,
+with a leak check.
 
 Run: ``.venv/bin/python -m bench burst`` (10 s; ``--seconds 30`` for the full scenario). This
 process is the load generator (an aiohttp client, ``--connections`` 64 keep-alive connections;

@@ -1,4 +1,4 @@
-"""The invariants every load run and the soak end with (reliability.md H6), read from what Redis
+"""The invariants every load run and the soak end with (docs/fault-scenarios.md, H6), read from what Redis
 holds and what the emulator observed, never from what the run itself counted:
 
 * every enqueued id has one terminal record;

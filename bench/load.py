@@ -1,4 +1,5 @@
-"""Scenario 47: many jobs through 2 web + 4 worker processes on 20 accounts with faults.
+"""Scenario F47 (docs/fault-scenarios.md): many jobs through 2 web + 4 worker processes on 20
+accounts with faults.
 
 Run: ``.venv/bin/python -m bench load`` (10,000 jobs; ``--jobs 500`` for a quick run). A throwaway
 Redis, the emulator in this process with 10 LTX and 10 LTX Studio (useapi) accounts of ``maxJobs``

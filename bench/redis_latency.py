@@ -1,5 +1,5 @@
-"""Throughput with 200 ms of latency on the Redis link (reliability scenario 26; correctness is
-tested in tests/test_faults_redis.py, speed is measured here only).
+"""Throughput with 200 ms of latency on the Redis link (scenario C26 of
+docs/fault-scenarios.md; correctness is tested in tests/test_faults_redis.py, speed is measured here only).
 
 Run: ``make bench`` or ``.venv/bin/python -m bench.redis_latency``. The same 40 jobs of 0.2 s (the
 emulator's duration knob) on 8 slots go through one ``genrelay worker`` process twice: straight to

@@ -1,4 +1,5 @@
-"""Scenario 48 in miniature: a steady job stream while workers are SIGKILLed and Redis restarts.
+"""Scenario F48 (docs/fault-scenarios.md) in miniature: a steady job stream while workers are
+SIGKILLed and Redis restarts.
 
 Run: ``make soak MINUTES=N`` or ``.venv/bin/python -m bench soak --minutes 2 --kill-every 20
 --redis-restart-every 60``. A Redis with AOF on a fixed port, the emulator in this process (4 LTX

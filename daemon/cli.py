@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(command=cmd_worker)
 
     emulator = sub.add_parser(
-        "emulator", help="the provider emulator (LTX Video API v2 and useapi.net LTX Studio) on one port"
+        "emulator",
+        help="the provider emulator (LTX Video API v2, useapi.net LTX Studio and vydra.ai) on one port",
+        description="The provider emulator (LTX Video API v2, useapi.net LTX Studio, vydra.ai) on one port.",
     )
     from emulator.cli import add_arguments as emulator_arguments
 

@@ -28,7 +28,7 @@ LIVE_KNOBS: tuple[str, ...] = (
     "vydra_list_webhook_url",
 )
 
-# vydra's plans (providers.md §3.5): requests per minute / hour / day and concurrent jobs.
+# vydra's plans (docs/providers.md §3.5): requests per minute / hour / day and concurrent jobs.
 VYDRA_PLANS: dict[str, dict[str, int]] = {
     "free": {"rpm": 10, "rph": 100, "rpd": 500, "concurrent": 2},
     "starter": {"rpm": 30, "rph": 500, "rpd": 5000, "concurrent": 5},
@@ -72,7 +72,8 @@ class EmulatorConfig:
     # Off by default so no callback ever leaves the machine; not a live knob on purpose.
     webhook_allow_remote: bool = False
     # A completed job reads as completed without its artifact this many times (and in its first
-    # completion callback): the seed warns that status and artifact can be out of sync.
+    # completion callback): useapi warns that status and artifact can be out of sync
+    # (docs/providers.md §1.4).
     completed_without_artifact_reads: int = 0
     # vydra.ai: API key -> {plan (free|starter|creator|enterprise, default free), rpm, concurrent
     # (override the plan's), credits (default 100000)}.

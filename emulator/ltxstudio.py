@@ -1,4 +1,4 @@
-"""The useapi.net LTX Studio contract under ``/v1/ltxstudio/`` (providers.md §1, seeds 000–002).
+"""The useapi.net LTX Studio contract under ``/v1/ltxstudio/`` (docs/providers.md §1).
 
 Routes: the create endpoints of §1.3, ``GET assets/{jobId}`` (status model), ``GET assets/``
 (listing), ``GET scheduler``, ``GET scheduler/available``, ``DELETE scheduler/{jobId}``. Every
@@ -123,7 +123,8 @@ async def job_status(request: web.Request) -> web.Response:
 
 
 async def list_assets(request: web.Request) -> web.Response:
-    """``GET assets/?email=&page=&limit=&filter=`` in seed 000's shape, newest first."""
+    """``GET assets/?email=&page=&limit=&filter=`` in useapi's listing shape (docs/providers.md
+    §1.4), newest first."""
     studio = request.app[STUDIO_KEY]
     token = authenticate(request, studio)
     account = resolve_account(studio, token, request.query.get("email") or None)

@@ -1,5 +1,5 @@
 """The shapes of the useapi.net LTX Studio emulator: a job, an account, and the JSON they render
-to (status model §1.4 / seed 001, asset listing item seed 000, scheduler entry seed 002).
+to (docs/providers.md: status model and asset listing item §1.4, scheduler entry §1.5).
 
 A job's status is a pure function of its start, duration and fate on the emulator clock, as in the
 LTX Video part, so every read, callback and listing agrees. The signed artifact URL expires
@@ -16,7 +16,7 @@ from emulator.ltx import failure_message
 from emulator.ltx_state import account_stats, iso_utc
 
 MIME_TYPES = {"video": "video/mp4", "image": "image/png"}
-SIGNED_URL_SECONDS = 6 * 3600.0  # [I] the seed's example URLs are valid for hours
+SIGNED_URL_SECONDS = 6 * 3600.0  # [I] useapi's example URLs are valid for hours
 
 
 @dataclass(slots=True)
@@ -120,7 +120,7 @@ def with_envelope(job: StudioJob, status: dict[str, Any]) -> dict[str, Any]:
 
 
 def asset_item(job: StudioJob, now: float, public_base: str) -> dict[str, Any]:
-    """One entry of the ``GET assets/`` listing (seed 000)."""
+    """One entry of the ``GET assets/`` listing (docs/providers.md §1.4)."""
     base = public_base.rstrip("/")
     expires_ms = int((job.wall_at(now) + SIGNED_URL_SECONDS) * 1000)
     thumbnail = {
@@ -142,7 +142,7 @@ def elapsed_mm_ss(seconds: float) -> str:
 
 
 def scheduler_entry(job: StudioJob, now: float) -> dict[str, Any]:
-    """One ``executing`` entry of ``GET scheduler`` (seed 002); reply fields only when given."""
+    """One ``executing`` entry of ``GET scheduler`` (docs/providers.md §1.5); reply fields only when given."""
     entry: dict[str, Any] = {
         "jobId": job.job_id,
         "email": job.email,

@@ -1,4 +1,4 @@
-"""Create-request validation for the useapi.net LTX Studio endpoints (providers.md §1.3).
+"""Create-request validation for the useapi.net LTX Studio endpoints (docs/providers.md §1.3).
 
 Fields and enums are the ones the create pages list; unknown fields are ignored, as useapi's
 pages describe optional fields only. Bodies may be JSON or form data (useapi accepts

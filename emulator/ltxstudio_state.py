@@ -1,5 +1,5 @@
 """What the useapi.net LTX Studio emulator remembers: accounts per API token, jobs, and the
-callbacks they will get (providers.md §1.2–§1.5).
+callbacks they will get (docs/providers.md §1.2–§1.5).
 
 Choices where the documents are silent ([I]):
 
@@ -8,7 +8,8 @@ Choices where the documents are silent ([I]):
 * cancel (``DELETE scheduler/{jobId}``): useapi "no longer tracks" the job, so it is forgotten at
   once: its slot frees, its pending callbacks are void, and ``GET assets/{jobId}`` answers 404;
 * ``submissions_by_ref`` counts accepted submissions only: a submit refused with 429 created
-  nothing, and the reliability invariant "at most one submission per replyRef" is about jobs.
+  nothing, and the invariant "at most one submission per replyRef" (docs/fault-scenarios.md, H6)
+  is about jobs.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ class StudioState:
         return True
 
     def executing(self, token: str) -> list[dict[str, Any]]:
-        """``GET scheduler``: the token's running jobs, oldest first (seed 002 ``executing``)."""
+        """``GET scheduler``: the token's running jobs, oldest first (``executing``,
+        docs/providers.md §1.5)."""
         now = self.now()
         running: list[StudioJob] = []
         for account in self._accounts_of(token):

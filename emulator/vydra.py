@@ -1,4 +1,4 @@
-"""The vydra.ai contract under ``/api/v1/`` (providers.md §3, seed 003).
+"""The vydra.ai contract under ``/api/v1/`` (docs/providers.md §3).
 
 Routes: ``POST/GET /jobs``, ``GET/DELETE /jobs/{id}``, ``GET /assets``, ``GET /assets/{id}``,
 ``GET /account/rate-limits``, ``GET /organization`` and ``GET /health`` (the only one without

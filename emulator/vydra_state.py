@@ -1,5 +1,5 @@
 """What the vydra.ai emulator remembers: accounts per API key (plan, credits, request window),
-jobs, assets, and the webhooks jobs will get (providers.md §3, seed 003).
+jobs, assets, and the webhooks jobs will get (docs/providers.md §3; assets §3.3).
 
 A job's status is a pure function of its start, duration and fate on the emulator clock (as in the
 other contracts), so reads, listings and webhooks agree. Choices where the documents are silent [I]:

@@ -2,7 +2,7 @@
 
 useapi documents the callback as "webhook URL for job completion notifications, see GET
 assets/jobId for response model" and nothing about signatures, retries or ordering
-(providers.md §1.4). So a callback here is one unsigned ``POST`` with ``Content-Type:
+(docs/providers.md §1.4). So a callback here is one unsigned ``POST`` with ``Content-Type:
 application/json``, sent once (no retry when the receiver fails), and the fault knobs of
 ``EmulatorConfig`` (drop, duplicate, reorder, delay, before the submit response) make the
 sloppiness a real sender may show happen on demand.

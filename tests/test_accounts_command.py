@@ -22,6 +22,8 @@ def accounts(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 async def test_accounts_table_and_enable_disable(
     tmp_path: Path, redis_url: str, open_daemon, make_settings
 ) -> None:
+    """``genrelay accounts`` prints the slots table; ``disable`` and ``enable`` change the account in
+    Redis, and an unknown name is a usage error."""
     services = await open_daemon(make_settings(accounts={"a1": 1, "a2": 3}))
     env = process_env(tmp_path, redis_url, "http://127.0.0.1:9", {"a1": 1, "a2": 3})
     shown = accounts(env)

@@ -1,5 +1,5 @@
-"""The provider callback route over real HTTP against real Redis (reliability.md scenarios 29-36,
-41-42): only the right token for the right job changes anything, and each change happens once."""
+"""The provider callback route over real HTTP against real Redis (docs/fault-scenarios.md,
+D29-D36, D41, D42): only the right token for the right job changes anything, and each change happens once."""
 
 from __future__ import annotations
 

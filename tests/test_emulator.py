@@ -1,4 +1,4 @@
-"""The LTX Video API v2 emulator, over real HTTP on loopback (providers.md §2).
+"""The LTX Video API v2 emulator, over real HTTP on loopback (docs/providers.md §2).
 
 Job status is derived from the time since submit, so no test sleeps: jobs use ``[seconds=0]``,
 ``job_seconds=0`` or a large ``job_seconds``, and the walk through the lifecycle uses a fake
@@ -28,7 +28,7 @@ KEY = "ltxv-test-key"
 OTHER_KEY = "ltxv-other-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
-# A minimal valid body per endpoint (providers.md §2.3) and the result key of a completed job.
+# A minimal valid body per endpoint (docs/providers.md §2.3) and the result key of a completed job.
 BODIES: dict[str, dict[str, Any]] = {
     "text-to-video": {
         "prompt": "an eagle",
@@ -488,6 +488,7 @@ async def test_job_past_retention_is_404_and_unlisted(make_client: MakeClient) -
 
 
 async def test_config_knobs_change_live(make_client: MakeClient) -> None:
+    """The control route changes the knobs of a running emulator and the next job obeys them."""
     client = await make_client(job_seconds=3600)
     knobs = {
         "job_seconds": 0,
@@ -561,6 +562,8 @@ async def test_reset_returns_to_start_up_state(make_client: MakeClient) -> None:
 
 
 async def test_503_fault_twice_then_normal(make_client: MakeClient) -> None:
+    """An injected 503 with a count answers exactly that many submits in LTX's envelope with its
+    Retry-After, then the emulator serves normally again."""
     client = await make_client(job_seconds=0)
     answer = await control(
         client,

@@ -1,4 +1,4 @@
-"""The useapi.net LTX Studio emulator (providers.md §1), over real HTTP on loopback.
+"""The useapi.net LTX Studio emulator (docs/providers.md §1), over real HTTP on loopback.
 
 Status is derived from the emulator clock, so every lifecycle test drives a fake clock passed to
 ``create_app`` and never sleeps. Callbacks go to a real aiohttp receiver on another loopback port;
@@ -34,7 +34,7 @@ ACCOUNTS = {TOKEN: {EMAIL: 2}, MULTI: {A: 2, B: 3}}
 WAIT_S = 5.0
 JOB_ID = re.compile(r"^email:(?P<email>[^ ]+)-job:(?P<uuid>[0-9a-f-]{36})-type:(?P<type>video|image)$")
 
-# A minimal valid body per create endpoint (§1.3) and the kind of job it makes.
+# A minimal valid body per create endpoint (docs/providers.md §1.3) and the kind of job it makes.
 BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "videos/ltx-create": ({"prompt": "waves", "model": "ltxv-turbo", "duration": "5"}, "video"),
     "videos/veo-create": ({"model": "veo2", "startAssetId": "asset:1", "duration": 6}, "video"),
@@ -664,6 +664,8 @@ async def test_delay_knob_holds_callbacks_on_the_emulator_clock(
 
 
 async def test_completed_without_artifact_knob(make_client: MakeClient, receiver: Receiver) -> None:
+    """With the knob set, a completed job reads (and calls back) as completed without its artifact for
+    the given number of reads, as useapi warns can happen (docs/providers.md §1.4)."""
     client = await make_client(job_seconds=0, completed_without_artifact_reads=2)
     job_id = await create_id(client, body=hooked(receiver, "ref-art"))
     [callback] = await receiver.wait_for(1)
@@ -698,6 +700,7 @@ async def test_callbacks_never_leave_loopback(make_client: MakeClient) -> None:
     ],
 )
 def test_loopback_guard(url: str, local: bool) -> None:
+    """Only loopback URLs count as local, so callbacks never leave the machine by default."""
     assert is_loopback_url(url) is local
 
 
@@ -716,6 +719,8 @@ async def test_unreachable_receiver_counts_as_failed(make_client: MakeClient, un
 
 
 async def test_useapi_account_control_route(make_client: MakeClient) -> None:
+    """An account added through the control route is accepted at once with its maxJobs, and a second
+    call changes that cap live."""
     client = await make_client(job_seconds=3600)
     await expect_error(await create(client, token="user:new"), 401)
     answer = await control(client, "useapi-accounts", {"token": "user:new", "email": "n@x", "maxJobs": 1})

@@ -1,4 +1,4 @@
-"""The emulator's vydra.ai contract over real HTTP (providers.md §3, seed 003): paths, envelopes,
+"""The emulator's vydra.ai contract over real HTTP (docs/providers.md §3): paths, envelopes,
 auth codes, credits, limits and their headers, listings, assets, retention and the webhook."""
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ async def test_submit_answers_201_with_the_documented_fields(emulator: Emulator)
 
 
 async def test_auth_codes(emulator: Emulator) -> None:
+    """A missing, malformed or unknown key gets 401 with vydra's reason code; ``/health`` needs no key."""
     status, body, headers = await call(emulator, "GET", "jobs", key=None)
     assert (status, body["code"]) == (401, "MISSING_AUTH")
     assert "X-RateLimit-Limit" not in headers
@@ -192,6 +193,8 @@ async def test_assets_are_paged_filtered_and_outlive_the_job(emulator: Emulator)
 
 
 async def test_rate_limits_and_the_models_status_shape(emulator: Emulator) -> None:
+    """``account/rate-limits`` reports the plan's limits and usage; with the models-route knob a job
+    reads as ``{jobId, status, error: {message, detail}}``."""
     _, limits, _ = await call(emulator, "GET", "account/rate-limits", key=OTHER)
     assert limits["plan"] == "free"
     assert limits["limits"] == {"rpm": 10, "rph": 100, "rpd": 500, "concurrent": 2}

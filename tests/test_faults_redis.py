@@ -1,4 +1,4 @@
-"""Redis faults (reliability plan, scenarios 22-27) against real processes: ``genrelay web`` and
+"""Redis faults (docs/fault-scenarios.md, scenarios C22-C27) against real processes: ``genrelay web`` and
 ``genrelay worker`` as subprocesses, a throwaway redis-server of their own (tests/harness), the fault
 proxy between them where a scenario needs it, the emulator in this process as the oracle.
 
@@ -221,6 +221,8 @@ async def wait_ready(http: aiohttp.ClientSession, web: DaemonProcess, within: fl
 
 @pytest.mark.timeout(150)
 async def test_22_graceful_redis_restart_under_load(stack: Callable[..., Awaitable[Stack]]) -> None:
+    """C22: Redis stops and starts again while 30 jobs run: the web answers 503 meanwhile, both workers
+    reconnect in the same process, and every job completes with one submission each."""
     s = await stack()
     web = await s.spawn("web", s.server.url)
     workers = [await s.spawn("worker", s.server.url) for _ in range(2)]
@@ -252,6 +254,9 @@ async def test_22_graceful_redis_restart_under_load(stack: Callable[..., Awaitab
 
 @pytest.mark.timeout(150)
 async def test_23_kill_9_of_redis_with_aof_everysec(stack: Callable[..., Awaitable[Stack]]) -> None:
+    """C23: redis-server is SIGKILLed under ``appendfsync everysec``: every job enqueued 2 s before the
+    crash ends, one whose record fell back is failed as ``submit_interrupted`` instead of being sent
+    twice, and no worker crash-loops."""
     s = await stack(appendonly=True)
     workers = [await s.spawn("worker", s.server.url) for _ in range(2)]
     # Two waves of 1.5 s jobs on 7 slots: the crash falls among running jobs and fresh submissions.
@@ -290,7 +295,7 @@ async def test_23_kill_9_of_redis_with_aof_everysec(stack: Callable[..., Awaitab
 
 @pytest.mark.timeout(150)
 async def test_24_redis_blackholed_every_process_stays_up(stack: Callable[..., Awaitable[Stack]]) -> None:
-    """A shorter blackhole than the plan's 30 s (6 s) keeps the suite's budget; what matters is that
+    """A shorter blackhole than the catalogue's 30 s (6 s) keeps the suite's budget; what matters is that
     replies stop coming, which a reply timeout and the proxy closing the broken connections cover."""
     s = await stack()
     proxy = await FaultProxy("127.0.0.1", s.server.port).start()
@@ -378,6 +383,7 @@ async def test_25_reset_after_the_submit_claim_ran_does_not_fail_the_job(
 async def test_26_latency_on_the_redis_link_changes_nothing_but_speed(
     stack: Callable[..., Awaitable[Stack]],
 ) -> None:
+    """C26: 200 ms on every Redis reply: every job still completes and the invariants hold."""
     s = await stack(appendonly=False)
     proxy = await FaultProxy("127.0.0.1", s.server.port).start()
     try:

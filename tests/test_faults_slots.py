@@ -1,4 +1,4 @@
-"""Scenarios B12-B18 of the reliability plan (the slot allocator under faults), against the real
+"""Scenarios B12-B18 of docs/fault-scenarios.md (the slot allocator under faults), against the real
 scripts on real Redis, with the emulator as the oracle where a provider is involved.
 
 Where a scenario is covered elsewhere:

@@ -1,4 +1,4 @@
-"""Scenarios A1-A11 of the reliability plan (worker and job faults), with real worker processes
+"""Scenarios A1-A11 of docs/fault-scenarios.md (worker and job faults), with real worker processes
 signalled by pid, the emulator as the oracle and the H6 invariant check at the end of each.
 
 Where a scenario is covered elsewhere:

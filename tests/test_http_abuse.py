@@ -1,4 +1,4 @@
-"""Scenarios D38-D40 of the reliability plan (abuse of the HTTP receiver), against a real
+"""Scenarios D38-D40 of docs/fault-scenarios.md (abuse of the HTTP receiver), against a real
 ``genrelay web`` process (aiohttp's C parser, the real access log).
 
 - D38 slowloris: headers, then a byte a second of body: 408 with the error JSON at the body

@@ -28,6 +28,8 @@ async def daemon(emulator: Emulator, make_settings, start_worker, open_daemon): 
 
 
 async def test_submit_poll_completed(daemon, app_client: Client, emulator: Emulator) -> None:  # type: ignore[no-untyped-def]
+    """A job submitted through Redis is sent once, polled to ``completed`` and records its artifact,
+    account and provider job id."""
     job_id = await app_client.submit("ltx", "text-to-video", {"prompt": "a cat [ok]", **T2V})
     job = await run(app_client, job_id)
     status = job["status"]

@@ -1,4 +1,5 @@
-"""Provider answers that are not plain success, over real HTTP against the emulator (providers.md §2.5)."""
+"""Provider answers that are not plain success, over real HTTP against the emulator
+(docs/providers.md §2.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The vydra adapter against the emulator over real HTTP (providers.md §3): submit, tolerant status
+"""The vydra adapter against the emulator over real HTTP (docs/providers.md §3): submit, tolerant status
 reads, its error table, cancel, capacity, assets, webhooks through the web app, and the per-account
 request budget that keeps fast polling under the plan's limit."""
 
@@ -98,6 +98,8 @@ async def read_until(
 
 
 async def test_status_in_every_state_documented_shape(adapter, session, account, emulator: Emulator) -> None:  # type: ignore[no-untyped-def]
+    """The adapter reads running, completed (artifact, thumbnail, no expiry) and failed jobs in the
+    shape of vydra's jobs page."""
     running = await submitted(adapter, session, account, "[ok] [seconds=1] waves")
     first = await adapter.status(session, account, running)
     assert first.state is State.ACTIVE and first.provider_job_id == running.provider_job_id
@@ -123,6 +125,8 @@ async def test_progress_rises_while_running(adapter, session, account) -> None: 
 
 
 async def test_status_in_the_models_route_shape(adapter, session, account, emulator: Emulator) -> None:  # type: ignore[no-untyped-def]
+    """The adapter reads the same states in the models route's field names (``jobId``, ``videoUrl``,
+    ``imageUrl``, error objects)."""
     await emulator.configure(vydra_status_shape="models")
     image = await submitted(adapter, session, account, "[ok] [seconds=0.1] a cat", operation="generate_image")
     done = await read_until(adapter, session, account, image, State.COMPLETED)
@@ -213,6 +217,8 @@ async def test_cancel_then_the_status_reads_cancelled(adapter, session, account,
 async def test_error_table(
     adapter, session, account, emulator: Emulator, status: int, action: ProviderAction
 ) -> None:  # type: ignore[no-untyped-def]
+    """Each error status of a submit maps to the action of docs/providers.md §3.5, with its Retry-After,
+    and nothing is submitted."""
     await emulator.fault(method="POST", path_prefix="/api/v1/jobs", status=status, retry_after=7)
     with pytest.raises(ProviderError) as caught:
         await submitted(adapter, session, account, "[ok] x")
@@ -223,6 +229,8 @@ async def test_error_table(
 
 
 async def test_real_error_answers(adapter, session, account, emulator: Emulator) -> None:  # type: ignore[no-untyped-def]
+    """Answers the emulator really produces (bad input, no credits, unknown key, unknown job, the
+    request limit) give up, stop the account, end the job as lost or retry as the table says."""
     with pytest.raises(ProviderError) as caught:
         await adapter.submit(session, account, job("generate_video", {}))
     assert caught.value.action is ProviderAction.GIVE_UP and caught.value.error_type == "INVALID_INPUT"
@@ -457,6 +465,8 @@ async def test_other_providers_take_nothing_from_a_budget(
 
 
 def test_accounts_file_budget_keys(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """``requests_per_minute`` and ``rate_window_seconds`` in the accounts file reach the account, are
+    unset when absent, and a non-positive value is refused by name."""
     spec = {"max_jobs": 2, "requests_per_minute": 30, "rate_window_seconds": 2}
     found = make_settings(accounts={ACCOUNT: spec}).account("vydra", "v1")
     assert (found.api_key, found.requests_per_minute, found.rate_window_seconds) == (KEY, 30, 2.0)

@@ -42,6 +42,7 @@ def load_error(tmp_path: Path, text: str, **extra: str) -> str:
 
 
 def test_defaults_with_minimal_accounts_file(tmp_path: Path) -> None:
+    """With only an accounts file, every setting takes its documented default."""
     path = write(tmp_path, MINIMAL)
     settings = Settings.from_env(make_env(path))
     assert settings.redis_url is None
@@ -77,6 +78,8 @@ def test_defaults_with_minimal_accounts_file(tmp_path: Path) -> None:
 
 
 def test_overrides_are_parsed(tmp_path: Path) -> None:
+    """Every variable set in the environment is cast and used; blanks mean the default and unknown
+    GENRELAY_ variables are ignored."""
     env = make_env(
         write(tmp_path, MINIMAL),
         GENRELAY_REDIS_URL="redis://localhost:6379/1",
@@ -259,6 +262,8 @@ def test_account_errors_name_file_line_and_key(
 
 
 def test_unset_api_key_message_matches_spec(tmp_path: Path) -> None:
+    """An account whose key variable is unset or blank stops the start with a message naming the file,
+    line, account and variable."""
     path = write(tmp_path, MINIMAL)
     with pytest.raises(SettingsError) as info:
         Settings.from_env({"GENRELAY_ACCOUNTS": str(path), "LTXV_API_KEY": "  "})
@@ -297,6 +302,7 @@ def test_line_finder_ignores_multiline_strings() -> None:
 
 
 def test_lookup_helpers(tmp_path: Path) -> None:
+    """Accounts are found by provider and name, and ``secrets()`` lists every secret value to redact."""
     path = write(tmp_path, SECOND)
     settings = Settings.from_env(
         make_env(

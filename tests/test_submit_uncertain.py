@@ -123,6 +123,8 @@ async def test_ltx_submit_without_an_answer_fails_and_is_not_sent_again(
 
 
 def test_sync_lines_say_what_runs_at_the_provider() -> None:
+    """The sync summary names accounts with jobs of other clients at the provider and how old the
+    listing is, and says nothing of accounts without any."""
     capacity = {
         "available": [
             {"provider": "ltxstudio", "email": ACCOUNT, "foreign": 2, "lastSync": 1_000},

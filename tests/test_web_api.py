@@ -97,7 +97,7 @@ async def listing(client: Client, query: str = "") -> dict[str, Any]:
 
 
 async def expect_error(resp: aiohttp.ClientResponse, status: int, *fragments: str) -> str:
-    """Assert the seeds' error shape and status; returns the message."""
+    """Assert useapi's error shape (docs/providers.md §1.1) and status; returns the message."""
     assert resp.status == status, await resp.text()
     assert resp.content_type == "application/json"
     body = await resp.json()

@@ -1,6 +1,6 @@
 """The capacity mirror: what each provider says runs on each account, reconciled with our slots.
 
-The provider's own ``maxJobs`` is the real limit (reliability.md §0): Redis can lose leases, other
+The provider's own ``maxJobs`` is the real limit (docs/providers.md §4): Redis can lose leases, other
 clients can run jobs on the same account, and a submit whose answer was lost may still have
 started a job. So every ``GENRELAY_CAPACITY_SYNC_INTERVAL`` seconds one worker reads each account's
 running jobs (useapi ``scheduler/available``; any adapter that offers ``capacity()``) and applies

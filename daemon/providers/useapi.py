@@ -37,7 +37,7 @@ CALLBACK_TYPES = frozenset({"active", "completed", "failed"})
 
 
 def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
-    """Raise the ``ProviderError`` for a useapi error answer (providers.md §1.6)."""
+    """Raise the ``ProviderError`` for a useapi error answer (docs/providers.md §1.6)."""
     message = body.get("error") if isinstance(body, dict) else None
     text = f"useapi {status}: {message or 'no message'}"
     action = action_for_status(status, STOP_ACCOUNT_STATUSES)
@@ -143,7 +143,7 @@ class UseapiProvider:
 
     async def cancel(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
         """``DELETE scheduler/{jobId}``: useapi stops tracking the job and frees its slot, but the
-        generation itself goes on at the site (providers.md §1.5)."""
+        generation itself goes on at the site (docs/providers.md §1.5)."""
         url = self._url(account, f"scheduler/{quote(job.provider_job_id or '', safe='')}")
         try:
             await request_json(session, "DELETE", url, account=account, classify=classify)
@@ -158,7 +158,7 @@ class UseapiProvider:
 
     async def capacity(self, session: aiohttp.ClientSession, account: Account) -> ProviderCapacity:
         """``GET scheduler/available``: the jobs executing on ``account`` (by its email) with their
-        ``replyRef``, and the account's ``maxJobs`` as useapi counts it (providers.md §1.5)."""
+        ``replyRef``, and the account's ``maxJobs`` as useapi counts it (docs/providers.md §1.5)."""
         _, body = await request_json(
             session, "GET", self._url(account, "scheduler/available"), account=account, classify=classify
         )
@@ -198,8 +198,8 @@ class UseapiProvider:
         kind: str | None = None,
     ) -> AssetPage:
         """``GET assets/?email=&page=&limit=[&filter=]``: the account's finished artifacts, newest
-        first (seed 000), of one ``kind`` (images, videos, audio, other) when given; the signed URLs
-        in it are fresh, so a listing also renews known assets' links."""
+        first (docs/providers.md §1.4), of one ``kind`` (images, videos, audio, other) when given;
+        the signed URLs in it are fresh, so a listing also renews known assets' links."""
         params: dict[str, str | int] = {"email": account.name, "page": page, "limit": limit}
         if kind is not None:
             params["filter"] = kind

@@ -36,7 +36,7 @@ def json_response(data: Any, *, status: int = 200, headers: LooseHeaders | None 
 
 
 def error_response(status: int, message: str, *, headers: LooseHeaders | None = None) -> web.Response:
-    """The error shape of the seeds: ``{"error": message, "code": status}``."""
+    """useapi.net's error shape (docs/providers.md §1.1): ``{"error": message, "code": status}``."""
     return json_response({"error": message, "code": status}, status=status, headers=headers)
 
 
