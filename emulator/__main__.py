@@ -8,7 +8,7 @@ from emulator.cli import add_arguments, main
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m emulator",
-        description="Serve the LTX Video API v2 and useapi.net LTX Studio emulator over HTTP.",
+        description="Serve the LTX Video API v2, useapi.net LTX Studio and vydra.ai emulator over HTTP.",
     )
     add_arguments(parser)
     return parser
