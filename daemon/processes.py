@@ -221,8 +221,8 @@ class Supervisor:
             how = describe_exit(child.process.returncode)
             if len(crashes) >= self.crash_limit:
                 self.say(
-                    f"GIVING UP: {child.name} {how}, its {len(crashes)}th crash within "
-                    f"{self.crash_window_s:g} s; stopping everything (see its log above)"
+                    f"GIVING UP: {child.name} {how}: {len(crashes)} crashes within "
+                    f"{self.crash_window_s:g} s; stopping everything (see its log for why)"
                 )
                 return False
             delay = backoff_seconds(len(crashes), self.restart_base_s, self.restart_max_s)
