@@ -82,7 +82,7 @@ class ProgressLines:
             line += f" {progress}%"
         if job is not None and job.get("account"):
             line += f" (account {job['account']})"
-        if message:
+        if message and message != state:
             line += f": {message}"
         self.write(line)
 
