@@ -73,7 +73,12 @@ def http_url_problem(value: str) -> str | None:
     return None
 
 
-def load_accounts(path_text: str, env: Mapping[str, str], *, required: bool) -> tuple[Account, ...]:
+def load_accounts(
+    path_text: str, env: Mapping[str, str], *, required: bool, require_keys: bool = True
+) -> tuple[Account, ...]:
+    """The accounts of the file at ``path_text``; with ``require_keys`` false an account whose key
+    variable is unset gets an empty ``api_key`` instead of an error (for commands that never call a
+    provider)."""
     path = Path(path_text)
     if not path.exists():
         if required:
@@ -88,7 +93,7 @@ def load_accounts(path_text: str, env: Mapping[str, str], *, required: bool) -> 
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends with "(at line L, column C)" and never quotes the offending text.
         raise SettingsError(f"accounts file {path_text} is not valid TOML: {exc}") from None
-    return _AccountsParser(path_text, text, env).parse(data)
+    return _AccountsParser(path_text, text, env, require_keys=require_keys).parse(data)
 
 
 def _read_text(path: Path, path_text: str) -> str:
@@ -105,8 +110,9 @@ def _read_text(path: Path, path_text: str) -> str:
 class _AccountsParser:
     """Validates the decoded TOML and turns each ``[[account]]`` table into an :class:`Account`."""
 
-    def __init__(self, path_text: str, text: str, env: Mapping[str, str]) -> None:
+    def __init__(self, path_text: str, text: str, env: Mapping[str, str], *, require_keys: bool) -> None:
         self.path_text = path_text
+        self.require_keys = require_keys
         self.lines = _LineFinder(text)
         self.env = env
         # Kept so error messages can name an account by its name and provider.
@@ -218,7 +224,7 @@ class _AccountsParser:
 
     def _api_key(self, index: int, table: dict[str, Any], api_key_env: str) -> str:
         api_key = self.env.get(api_key_env, "").strip()
-        if not api_key:
+        if not api_key and self.require_keys:
             raise self._key_error(
                 index, "api_key_env", f"api_key_env {api_key_env} is not set in the environment"
             )

@@ -5,11 +5,11 @@ Each asset goes through the same identity as a job's completion (``lua/asset_lib
 recorded is not recorded again (a later-expiring signed URL from the listing renews its link), and
 one whose provider job id is a job of ours gets that job's id and operation. Running it twice adds
 nothing. Works for every provider whose adapter has ``list_assets`` (the ``AssetProvider`` protocol).
+The command around it (arguments, progress on stderr, the summary) is ``daemon/cli/assets.py``.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +23,6 @@ from daemon.assets import AssetStore, imported_fields
 from daemon.errors import DaemonError, InvalidRequest, ProviderAction, ProviderError
 from daemon.providers import get_provider
 from daemon.providers.base import AssetProvider, ProviderAsset
-from daemon.services import open_services
 from daemon.settings import Settings
 
 DEFAULT_PAGE_SIZE = 50
@@ -181,43 +180,3 @@ def listing_failed(account: Account, page: int, exc: ProviderError, summary: Imp
         f"{summary.new} new asset(s) were recorded before that; running the command again records "
         "nothing twice"
     )
-
-
-async def run_import(
-    settings: Settings,
-    redis_url: Callable[[], str],
-    name: str,
-    provider: str | None,
-    *,
-    page_size: int,
-    max_pages: int,
-) -> int:
-    """The command: progress lines on stderr, the summary on stdout; ``redis_url`` is asked only
-    once the arguments are known to be good."""
-    account = find_account(settings, name, provider)
-    listing_provider(account)  # refuse before connecting anywhere
-    if not 1 <= page_size <= 100:
-        raise InvalidRequest("--limit must be from 1 to 100")
-    if max_pages < 1:
-        raise InvalidRequest("--max-pages must be at least 1")
-    services = await open_services(settings, redis_url(), sync_accounts=False)
-    try:
-        store = AssetStore(services.client, services.scripts, settings)
-        async with aiohttp.ClientSession() as session:
-            summary = await import_assets(
-                store,
-                session,
-                account,
-                page_size=page_size,
-                max_pages=max_pages,
-                progress=lambda line: print(line, file=sys.stderr, flush=True),
-            )
-    finally:
-        await services.close()
-    print(summary.line(account))
-    if not summary.complete:
-        print(
-            f"stopped after --max-pages {max_pages}: run again with a higher --max-pages for the rest",
-            file=sys.stderr,
-        )
-    return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -104,8 +105,12 @@ class Client:
         fields = await self.redis.hgetall(keys.job_key(job_id))
         return Job(fields).to_api() if fields.get("state") else None
 
-    async def wait(self, job_id: str) -> dict[str, Any]:
-        """Block until the job is terminal and return it (bound it with ``asyncio.timeout``)."""
+    async def wait(
+        self, job_id: str, on_update: Callable[[dict[str, Any] | None], None] | None = None
+    ) -> dict[str, Any]:
+        """Block until the job is terminal and return it (bound it with ``asyncio.timeout``).
+        ``on_update`` gets the record (None while no worker has accepted the job yet) each time it is
+        read: first, then after every event about the job."""
         provider = keys.provider_of(job_id)
         if provider is None:
             raise ValueError(f"{job_id!r} is not a genrelay job id")
@@ -115,6 +120,8 @@ class Client:
         last_id = newest[0][0] if newest else "0-0"
         while True:
             job = await self.get(job_id)
+            if on_update is not None:
+                on_update(job)
             if job is not None and State(job["status"]["type"]) in TERMINAL:
                 return job
             last_id = await self._next_event(stream, job_id, last_id)

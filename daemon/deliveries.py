@@ -9,7 +9,8 @@ args ``[job_id, seq]`` and arq id ``deliver:<job_id>:<seq>`` in the transition's
   ``webhook-timestamp`` and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
   ``"{id}.{timestamp}.{body}"``, with a ``whsec_`` secret;
 * the try counter of one delivery, and the dead letters of deliveries that gave up;
-* replaying dead letters, and the ``genrelay deliveries`` command (list, ``replay``, ``secret``).
+* replaying dead letters, and the secret ``genrelay deliveries secret`` prints (the command itself
+  is ``daemon/cli/deliveries.py``).
 """
 
 from __future__ import annotations
@@ -17,18 +18,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 
 import orjson
 import redis.asyncio as aioredis
-from yarl import URL
 
 from daemon import keys
-from daemon.errors import InvalidRequest, NotFound
 from daemon.redis_connection import connect
 from daemon.services import shared_secret
 from daemon.settings import Settings
@@ -184,49 +181,6 @@ async def replay(client: aioredis.Redis, letters: Iterable[DeadLetter]) -> int:
     return count
 
 
-# --- `genrelay deliveries` ------------------------------------------------------------------------------
-
-COLUMNS = ("failed", "job", "seq", "tries", "status", "error", "url")
-
-
-def shown_url(url: str) -> str:
-    """The URL without credentials, query or fragment: a table is read by people and pasted into
-    tickets, and an app's capability token often sits in the query string."""
-    try:
-        parsed = URL(url)
-        return str(parsed.with_user(None).with_query(None).with_fragment(None))
-    except (ValueError, TypeError):
-        return "<not a valid URL>"
-
-
-def dead_letter_rows(letters: Iterable[DeadLetter]) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = []
-    for letter in letters:
-        failed = datetime.fromtimestamp(letter.failed_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-        status = "-" if letter.status is None else str(letter.status)
-        rows.append(
-            (
-                failed,
-                letter.job_id,
-                str(letter.seq),
-                str(letter.tries),
-                status,
-                letter.error,
-                shown_url(letter.url),
-            )
-        )
-    return rows
-
-
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    table = [COLUMNS, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in table
-    )
-
-
 async def show_secret(settings: Settings, redis_url: Callable[[], str]) -> str:
     """The ``whsec_`` secret apps verify with. Redis is only asked (``redis_url`` only called) when
     neither GENRELAY_DELIVERY_SECRET nor GENRELAY_SECRET is set, i.e. the secret was generated there."""
@@ -237,30 +191,3 @@ async def show_secret(settings: Settings, redis_url: Callable[[], str]) -> str:
         return signing_secret(settings, await shared_secret(client))
     finally:
         await client.aclose()
-
-
-async def run_deliveries(redis_url: str, action: str, job_id: str | None, replay_all: bool) -> int:
-    """``genrelay deliveries`` (``list``) and ``genrelay deliveries replay [JOB_ID | --all]``."""
-    client = await connect(redis_url)
-    try:
-        if action == "replay":
-            return await _replay_command(client, job_id, replay_all)
-        letters = await dead_letters(client)
-        if not letters:
-            print("no dead deliveries", file=sys.stderr)
-            return 0
-        print(format_table(dead_letter_rows(letters)))
-        return 0
-    finally:
-        await client.aclose()
-
-
-async def _replay_command(client: aioredis.Redis, job_id: str | None, replay_all: bool) -> int:
-    if replay_all == (job_id is not None):
-        raise InvalidRequest("`genrelay deliveries replay` needs a JOB_ID or --all (not both)")
-    letters = await dead_letters(client, job_id)
-    if job_id is not None and not letters:
-        raise NotFound(f"no dead delivery for job {job_id!r} (see `genrelay deliveries`)")
-    count = await replay(client, letters)
-    print(f"{count} delivery(ies) enqueued again", file=sys.stderr)
-    return 0

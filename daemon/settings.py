@@ -89,7 +89,9 @@ class Settings:
     log_format: str
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, require_accounts: bool = True) -> Settings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, require_accounts: bool = True, require_keys: bool = True
+    ) -> Settings:
         """Read and validate the settings.
 
         Args:
@@ -97,6 +99,9 @@ class Settings:
                 looked up in the same mapping.
             require_accounts: When false, a missing accounts file yields no accounts instead of an error
                 (for commands that never talk to a provider). A file that exists is always validated.
+            require_keys: When false, an account whose ``api_key_env`` is unset gets an empty
+                ``api_key`` instead of an error: the commands that only read Redis or enqueue (submit,
+                status, cancel, accounts, deliveries) need the accounts' names, never their keys.
 
         Returns:
             The validated settings.
@@ -116,7 +121,9 @@ class Settings:
             redis_url=_redis_url(reader),
             data_dir=Path(reader.text("DATA_DIR") or DEFAULT_DATA_DIR),
             accounts_path=Path(accounts_text),
-            accounts=load_accounts(accounts_text, reader.env, required=require_accounts),
+            accounts=load_accounts(
+                accounts_text, reader.env, required=require_accounts, require_keys=require_keys
+            ),
             public_url=_public_url(reader),
             api_tokens=_api_tokens(reader),
             secret=reader.text("SECRET"),

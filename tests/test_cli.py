@@ -75,3 +75,26 @@ def test_status_of_an_unknown_job_says_so(tmp_path: Path, redis_url: str) -> Non
     done = run_cli("status", "ltx-" + "0" * 32, env=env)
     assert done.returncode == 1
     assert "no job" in done.stderr
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("genrelay 0.")
+
+
+def test_emulator_help_names_all_three_providers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["emulator", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for provider in ("LTX Video API", "useapi.net LTX Studio", "vydra.ai", "--vydra-account"):
+        assert provider in text
+    assert "vydra" in build_parser().format_help()
+
+
+@pytest.mark.parametrize("command", [["accounts"], ["deliveries"], ["deliveries", "list"]])
+def test_every_table_command_has_json(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    assert "--json" in capsys.readouterr().out

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from daemon.accounts_file import Account
-from daemon.accounts_view import sync_lines
+from daemon.cli.accounts import sync_lines
 from daemon.client import Client
 from daemon.errors import ProviderError
 from daemon.jobs import JobRequest

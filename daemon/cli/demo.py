@@ -9,76 +9,64 @@ ended) and stops everything it started.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from daemon import keys
-from daemon.embedded_redis import EmbeddedRedis
-from daemon.processes import Child, child_env, stop_all
-from daemon.redis_connection import connect
-
-
-@dataclass(frozen=True)
-class DemoAccount:
-    provider: str
-    name: str
-    max_jobs: int
-    key: str  # the API key (useapi: the token shared by its accounts)
-
-
-USEAPI_TOKEN = "user:1000-demo-useapi-token"
-VYDRA_PLAN = "starter"  # 30 requests per window, 5 concurrent jobs
-# vydra counts requests per minute; the demo's emulator runs that clock six times faster, as it
-# runs jobs in seconds, and genrelay's request budget is told so in the accounts file.
-VYDRA_WINDOW_S = 10
-VYDRA_REQUESTS = 30
-ACCOUNTS = (
-    DemoAccount("ltx", "studio-a", 3, "demo-key-studio-a"),
-    DemoAccount("ltx", "studio-b", 2, "demo-key-studio-b"),
-    DemoAccount("ltxstudio", "maker-1@example.com", 2, USEAPI_TOKEN),
-    DemoAccount("ltxstudio", "maker-2@example.com", 2, USEAPI_TOKEN),
-    DemoAccount("vydra", "vydra-main", 3, "vydra_live_user_1000_demokey"),
+from daemon.cli.demo_setup import (
+    ACCOUNTS,
+    OPERATIONS,
+    PROMPTS,
+    PROVIDERS,
+    WEBHOOK_DROP_RATE,
+    DemoAccount,
+    free_port,
+    key_env,
+    redis_version,
+    start_emulator,
+    write_accounts,
 )
-PROVIDERS = ("ltx", "ltxstudio", "vydra")
-OPERATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "ltx": [
-        ("text-to-video", {"model": "ltx-2-3-fast", "duration": 4, "resolution": "1920x1080"}),
-        (
-            "image-to-video",
-            {
-                "model": "ltx-2-3-pro",
-                "duration": 6,
-                "resolution": "1920x1080",
-                "image_uri": "https://example.com/still.png",
-            },
-        ),
-        ("video-to-video-hdr", {"video_uri": "https://example.com/clip.mp4"}),
-    ],
-    "ltxstudio": [
-        ("videos/ltx-create", {"model": "ltxv-turbo", "duration": "5"}),
-        ("images/create", {"model": "flux"}),
-    ],
-    "vydra": [
-        ("generate_video", {"model": "veo3", "aspect_ratio": "16:9"}),
-        ("generate_image", {"model": "gemini-image"}),
-    ],
-}
+from daemon.processes import Child, child_env, stop_all
+
+if TYPE_CHECKING:
+    import aiohttp
+
 # How a job ended (its ``endedBy``), as the summary names it.
 ENDINGS = {"callback": "webhook", "poll": "poll", "safety_poll": "safety poll"}
-PROMPTS = ["a lighthouse at dawn", "a red fox in snow", "city lights from a train", "waves on black sand"]
 READY_TIMEOUT_S = 30.0
 DEMO_TIMEOUT_S = 600.0
 STATES = ("queued", "submitting", "active", "completed", "failed")
+
+
+def add_parser(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="run jobs end to end on embedded Redis and the emulator",
+        description="Start an embedded Redis, the provider emulator (LTX Video API, useapi.net LTX "
+        "Studio, vydra.ai), one web and one worker process in a temporary directory; push --jobs jobs "
+        "through POST /v1/jobs, show their progress, print a summary per account (peak concurrency "
+        "against maxJobs, how each job ended) and stop everything. Needs no account or key. Exit 0 "
+        "when every job ended and no account ran over its maxJobs.",
+    )
+    demo.add_argument("--jobs", type=int, default=36, help="jobs to push through (default: %(default)s)")
+    demo.add_argument(
+        "--failure-rate", type=float, default=0.15, help="emulator failure knob (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--job-seconds", type=float, default=2.0, help="emulated job duration (default: %(default)s)"
+    )
+    demo.set_defaults(command=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(jobs=args.jobs, failure_rate=args.failure_rate, job_seconds=args.job_seconds)
 
 
 @dataclass
@@ -116,13 +104,15 @@ class Progress:
 
 def run_demo(*, jobs: int = 36, failure_rate: float = 0.15, job_seconds: float = 2.0) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="genrelay-demo-"))
+    from daemon.embedded_redis import EmbeddedRedis
+
     redis = EmbeddedRedis(workdir / "redis")
     children: list[Child] = []
     try:
         print(f"demo: files under {workdir}", flush=True)
         url = redis.start()
         print(f"demo: embedded Redis {redis_version()} on {url} (AOF on)", flush=True)
-        emulator_url, emulator = start_emulator(workdir, failure_rate, job_seconds)
+        emulator_url, emulator = start_emulator(failure_rate, job_seconds)
         children.append(emulator)
         print(
             f"demo: provider emulator (ltx, ltxstudio, vydra) on {emulator_url}: failure rate "
@@ -160,92 +150,11 @@ def run_demo(*, jobs: int = 36, failure_rate: float = 0.15, job_seconds: float =
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-WEBHOOK_DROP_RATE = 0.2  # so some jobs show the safety poll at work
-
-
-def key_env(account: DemoAccount) -> str:
-    """The environment variable the accounts file names for the account's key."""
-    if account.provider == "ltxstudio":
-        return "DEMO_USEAPI_TOKEN"
-    return "DEMO_KEY_" + account.name.upper().replace("-", "_")
-
-
-def write_accounts(workdir: Path, emulator_url: str) -> Path:
-    path = workdir / "accounts.toml"
-    tables = []
-    for account in ACCOUNTS:
-        extra = ""
-        if account.provider == "vydra":
-            extra = f"requests_per_minute = {VYDRA_REQUESTS}\nrate_window_seconds = {VYDRA_WINDOW_S}\n"
-        tables.append(
-            f'[[account]]\nprovider = "{account.provider}"\nname = "{account.name}"\n'
-            f'max_jobs = {account.max_jobs}\napi_key_env = "{key_env(account)}"\n'
-            f'base_url = "{emulator_url}"\n{extra}'
-        )
-    path.write_text("\n".join(tables), encoding="utf-8")
-    return path
-
-
-def start_emulator(workdir: Path, failure_rate: float, job_seconds: float) -> tuple[str, Child]:
-    account_args = []
-    for account in ACCOUNTS:
-        if account.provider == "ltx":
-            account_args.append(f"--key={account.key}={account.max_jobs}")
-        elif account.provider == "ltxstudio":
-            account_args.append(f"--useapi-account={account.key}:{account.name}={account.max_jobs}")
-        else:
-            account_args.append(f"--vydra-account={account.key}={VYDRA_PLAN}")
-    args = [
-        "emulator",
-        "--port",
-        "0",
-        "--job-seconds",
-        str(job_seconds),
-        "--jitter",
-        "0.5",
-        "--failure-rate",
-        str(failure_rate),
-        "--webhook-drop-rate",
-        str(WEBHOOK_DROP_RATE),
-        "--vydra-rate-window-seconds",
-        str(VYDRA_WINDOW_S),
-        # The same failures every run, so the demo always shows some.
-        "--seed",
-        "7",
-        *account_args,
-    ]
-    child = Child("emulator", args, child_env({}))
-    child.process = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    assert child.process.stdout is not None
-    line = child.process.stdout.readline().decode().strip()
-    if "listening on " not in line:
-        child.stop()
-        raise RuntimeError(f"the emulator did not start: {line or 'no output'}")
-    return line.split("listening on ", 1)[1], child
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def redis_version() -> str:
-    from daemon.embedded_redis import embedded_server_binary
-
-    out = subprocess.run(
-        [str(embedded_server_binary()), "--version"], capture_output=True, text=True, check=False
-    )
-    return next((w.split("=")[1] for w in out.stdout.split() if w.startswith("v=")), "?")
-
-
 async def drive(web_url: str, redis_url: str, emulator_url: str, count: int, children: list[Child]) -> int:
+    import aiohttp
+
+    from daemon.redis_connection import connect
+
     async with aiohttp.ClientSession() as http:
         await wait_ready(http, web_url, children)
         print(f"demo: genrelay web on {web_url}, 1 worker; submitting {count} jobs", flush=True)
@@ -279,6 +188,8 @@ async def drive(web_url: str, redis_url: str, emulator_url: str, count: int, chi
 
 
 async def wait_ready(http: aiohttp.ClientSession, web_url: str, children: list[Child]) -> None:
+    import aiohttp
+
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         for child in children:
