@@ -65,7 +65,7 @@ async def relay(
 
     async def start(workers: int = 1, **env: str) -> tuple[Services, str]:
         port = free_port()
-        accounts = {f"{service}/{name}": n for service, names in ACCOUNTS.items() for name, n in names.items()}
+        accounts = {f"{s}/{name}": n for s, names in ACCOUNTS.items() for name, n in names.items()}
         settings = make_settings(
             emulator.url, accounts=accounts, GENRELAY_PUBLIC_URL=f"http://127.0.0.1:{port}", **env
         )
@@ -113,37 +113,45 @@ async def test_callbacks_end_the_jobs_progress_ones_from_kling(
     assert stats["useapi_services"][service]["submissions_by_ref"] == {job_id: 1}
 
 
+async def until(check: Callable[[], Awaitable[Any]], seconds: float = 30) -> Any:
+    """Poll ``check`` (Redis or emulator state) until it returns something truthy."""
+    async with asyncio.timeout(seconds):
+        while True:
+            value = await check()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+
+
 async def test_cancel_stops_the_tracking_at_useapi(relay, app_client: Client, emulator: Emulator) -> None:
     _, web = await relay(GENRELAY_SAFETY_POLL_INTERVAL="600")
     job_id = await app_client.submit("minimax", "videos/create", {"prompt": "[seconds=30] long"})
-    async with asyncio.timeout(30):
-        while not ((await app_client.get(job_id)) or {}).get("providerJobId"):
-            await asyncio.sleep(0.05)
-    async with aiohttp.ClientSession() as http:
-        headers = {"Authorization": f"Bearer {USEAPI_TOKEN}"}
-        async with http.get(f"{emulator.url}/v1/minimax/scheduler/available", headers=headers) as resp:
-            assert [e["replyRef"] for e in (await resp.json())["executing"]] == [job_id]
-        async with http.delete(f"{web}/v1/jobs/{job_id}") as resp:
-            assert resp.status == 200, await resp.text()
-        async with asyncio.timeout(30):
-            while True:
-                async with http.get(f"{emulator.url}/v1/minimax/scheduler/available", headers=headers) as resp:
-                    if not (await resp.json())["executing"]:
-                        break
-                await asyncio.sleep(0.05)
+    await until(lambda: app_client.redis.hget(keys.job_key(job_id), "provider_job_id"))
+    headers = {"Authorization": f"Bearer {USEAPI_TOKEN}"}
+
+    async def executing() -> list[dict[str, Any]]:
+        url = f"{emulator.url}/v1/minimax/scheduler/available"
+        async with emulator.session.get(url, headers=headers) as resp:
+            return list((await resp.json())["executing"])
+
+    assert [entry["replyRef"] for entry in await executing()] == [job_id]
+    async with emulator.session.delete(f"{web}/v1/jobs/{job_id}") as resp:
+        assert resp.status == 200, await resp.text()
+
+    async def stopped() -> bool:
+        return not await executing()
+
+    await until(stopped)
+    note = await until(lambda: app_client.redis.hget(keys.job_key(job_id), "cancel_note"))
+    assert "stopped tracking" in note and "still runs" in note
     job = await app_client.get(job_id)
     assert job is not None and job["status"]["type"] == "canceled"
-    async with asyncio.timeout(30):
-        while "stopped tracking" not in (((await app_client.get(job_id)) or {}).get("cancelNote") or ""):
-            await asyncio.sleep(0.05)
 
 
 async def test_120_jobs_on_kling_minimax_pixverse_and_runway_at_once(
     relay, app_client: Client, emulator: Emulator
 ) -> None:
-    _, web = await relay(
-        workers=2, GENRELAY_SAFETY_POLL_INTERVAL="1", GENRELAY_CAPACITY_SYNC_INTERVAL="0.5"
-    )
+    _, web = await relay(workers=2, GENRELAY_SAFETY_POLL_INTERVAL="1", GENRELAY_CAPACITY_SYNC_INTERVAL="0.5")
     await emulator.configure(failure_rate=0.05, webhook_drop_rate=0.05, webhook_duplicate_rate=0.05)
     submitted: dict[str, str] = {}
     for n in range(30):
