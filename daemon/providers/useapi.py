@@ -329,7 +329,7 @@ class UseapiProvider:
 
     async def cancel(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
         """``DELETE scheduler/{id}``: useapi stops tracking the job and frees its slot, but the
-        generation itself goes on at the site (docs/useapi-services.md "Stop tracking")."""
+        generation itself goes on at the site (docs/useapi-services.md "What a cancel does")."""
         try:
             await self._request(session, account, "DELETE", self._job_path("scheduler/{id}", job))
         except ProviderError as exc:
