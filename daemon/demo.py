@@ -1,10 +1,10 @@
 """``genrelay demo`` (``make demo``): the whole job path on the embedded default.
 
-Starts an embedded Redis, the provider emulator (all three providers on one port), one web and one
-worker process (each a real process, as in production), pushes jobs for ``ltx``, ``ltxstudio`` and
-``vydra`` accounts through ``POST /v1/jobs``, shows live progress from the events streams, prints a
-summary per provider and account (jobs done, peak concurrency against ``maxJobs``, how each job
-ended) and stops everything it started.
+Starts an embedded Redis, the provider emulator (every provider on one port), one web and one
+worker process (each a real process, as in production), pushes jobs for ``ltx``, ``ltxstudio``,
+``vydra``, ``kling`` and ``minimax`` accounts through ``POST /v1/jobs``, shows live progress from
+the events streams, prints a summary per provider and account (jobs done, peak concurrency
+against ``maxJobs``, how each job ended) and stops everything it started.
 """
 
 from __future__ import annotations
@@ -48,8 +48,13 @@ ACCOUNTS = (
     DemoAccount("ltxstudio", "maker-1@example.com", 2, USEAPI_TOKEN),
     DemoAccount("ltxstudio", "maker-2@example.com", 2, USEAPI_TOKEN),
     DemoAccount("vydra", "vydra-main", 3, "vydra_live_user_1000_demokey"),
+    # useapi.net Kling (an email) and MiniMax (an account id), under the same useapi token.
+    DemoAccount("kling", "kling-1@example.com", 2, USEAPI_TOKEN),
+    DemoAccount("minimax", "400001", 2, USEAPI_TOKEN),
 )
-PROVIDERS = ("ltx", "ltxstudio", "vydra")
+PROVIDERS = ("ltx", "ltxstudio", "vydra", "kling", "minimax")
+# The useapi.net services the emulator serves besides LTX Studio (--useapi-service-account).
+USEAPI_SERVICES = ("kling", "minimax")
 OPERATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "ltx": [
         ("text-to-video", {"model": "ltx-2-3-fast", "duration": 4, "resolution": "1920x1080"}),
@@ -72,6 +77,8 @@ OPERATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("generate_video", {"model": "veo3", "aspect_ratio": "16:9"}),
         ("generate_image", {"model": "gemini-image"}),
     ],
+    "kling": [("videos/text2video", {"duration": "5"}), ("images/kolors", {})],
+    "minimax": [("videos/create", {}), ("images/create", {})],
 }
 # How a job ended (its ``endedBy``), as the summary names it.
 ENDINGS = {"callback": "webhook", "poll": "poll", "safety_poll": "safety poll"}
@@ -165,7 +172,7 @@ WEBHOOK_DROP_RATE = 0.2  # so some jobs show the safety poll at work
 
 def key_env(account: DemoAccount) -> str:
     """The environment variable the accounts file names for the account's key."""
-    if account.provider == "ltxstudio":
+    if account.provider == "ltxstudio" or account.provider in USEAPI_SERVICES:
         return "DEMO_USEAPI_TOKEN"
     return "DEMO_KEY_" + account.name.upper().replace("-", "_")
 
@@ -193,6 +200,9 @@ def start_emulator(workdir: Path, failure_rate: float, job_seconds: float) -> tu
             account_args.append(f"--key={account.key}={account.max_jobs}")
         elif account.provider == "ltxstudio":
             account_args.append(f"--useapi-account={account.key}:{account.name}={account.max_jobs}")
+        elif account.provider in USEAPI_SERVICES:
+            spec = f"{account.provider}/{account.key}:{account.name}={account.max_jobs}"
+            account_args.append(f"--useapi-service-account={spec}")
         else:
             account_args.append(f"--vydra-account={account.key}={VYDRA_PLAN}")
     args = [
@@ -381,6 +391,8 @@ def emulator_peak(stats: dict[str, Any], account: DemoAccount) -> int:
         return int(stats["keys"][account.key]["peak"])
     if account.provider == "ltxstudio":
         return int(stats["useapi_accounts"][account.name]["peak"])
+    if account.provider in USEAPI_SERVICES:
+        return int(stats["useapi_services"][account.provider]["accounts"][account.name]["peak"])
     return int(stats["vydra"]["accounts"][account.key]["peak"])
 
 
