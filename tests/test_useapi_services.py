@@ -4,6 +4,7 @@ service's error table, stop-tracking, the capacity listing and its quirks."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,13 +12,16 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
+from daemon import keys
 from daemon.accounts_file import Account
 from daemon.errors import ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.providers import get_provider
 from daemon.providers.useapi import UseapiListingProvider, UseapiProvider
+from daemon.request_budget import USEAPI_BUDGET, RequestBudget, attach, shared_budget_holder
 from emulator.app import create_app
 from emulator.config import EmulatorConfig
 from tests.conftest import USEAPI_TOKEN
@@ -306,3 +310,31 @@ async def test_kling_ids_are_url_safe_numbers_and_the_status_read_names_the_acco
     wrong = await read(site, "kling", record, index=0)
     assert wrong.state is State.FAILED and wrong.error_type == "lost"
     assert (await read(site, "kling", record, index=1)).state is State.ACTIVE
+
+
+async def test_accounts_of_one_token_share_one_request_budget(
+    site: Site, redis_client: aioredis.Redis, open_daemon, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    services = await open_daemon(make_settings(site.url))
+    async with aiohttp.ClientSession() as session:
+        attach(session, RequestBudget(services.client, services.scripts))
+        # Two services' accounts under the one useapi token, 4 requests per window (3 usable).
+        kling = dataclasses.replace(account(site, "kling"), requests_per_minute=4, rate_window_seconds=30.0)
+        minimax = dataclasses.replace(
+            account(site, "minimax"), requests_per_minute=4, rate_window_seconds=30.0
+        )
+        assert shared_budget_holder(kling) == shared_budget_holder(minimax)
+        await adapter("kling").submit(session, kling, job("kling", "one", 1))
+        await adapter("minimax").submit(session, minimax, job("minimax", "two", 2))
+        await adapter("minimax").submit(session, minimax, job("minimax", "three", 3))
+        key = keys.request_budget_key(USEAPI_BUDGET, shared_budget_holder(kling))
+        assert await redis_client.zcard(key) == 3
+        with pytest.raises(ProviderError) as caught:
+            await adapter("kling").submit(session, kling, job("kling", "four", 4))
+        assert caught.value.status == 429 and caught.value.retry_after is not None
+    # The fourth was never sent.
+    sent = [await site.service_stats(s) for s in ("kling", "minimax")]
+    assert [sum(a["submitted"] for a in s["accounts"].values()) for s in sent] == [1, 2]
+    # Another token has a budget of its own.
+    other = dataclasses.replace(kling, api_key="another-token")
+    assert shared_budget_holder(other) != shared_budget_holder(kling)
