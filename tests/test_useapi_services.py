@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from daemon import keys
 from daemon.accounts_file import Account
-from daemon.errors import ProviderAction, ProviderError
+from daemon.errors import InvalidRequest, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.providers import get_provider
 from daemon.providers.useapi import UseapiListingProvider, UseapiProvider
@@ -211,6 +211,7 @@ COMMON_ERRORS = [
     (429, ProviderAction.RETRY, None),
     (400, ProviderAction.GIVE_UP, None),
     (401, ProviderAction.STOP_ACCOUNT, "unauthorized"),
+    (402, ProviderAction.STOP_ACCOUNT, "no_subscription"),
     (412, ProviderAction.STOP_ACCOUNT, "no_credits"),
     (596, ProviderAction.STOP_ACCOUNT, "account_on_hold"),
 ]
@@ -338,3 +339,20 @@ async def test_accounts_of_one_token_share_one_request_budget(
     # Another token has a budget of its own.
     other = dataclasses.replace(kling, api_key="another-token")
     assert shared_budget_holder(other) != shared_budget_holder(kling)
+
+
+def test_job_ids_of_every_useapi_provider_are_ours() -> None:
+    for service in ("ltxstudio", *SERVICES):
+        assert keys.provider_of(f"{service}-{'0' * 32}") == service
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_callback_that_is_not_the_status_model_is_refused(service: str) -> None:
+    with pytest.raises(InvalidRequest):
+        adapter(service).parse_callback({"replyRef": f"{service}-{'0' * 32}", "hello": "world"})
+
+
+def test_pixverse_queued_is_not_an_end_whatever_its_final_flag_says() -> None:
+    body = {"video_status": 5, "video_status_name": "QUEUED", "video_status_final": True}
+    ref, update = adapter("pixverse").parse_callback({**body, "replyRef": "x"})
+    assert ref == "x" and update.state is State.ACTIVE

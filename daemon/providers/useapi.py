@@ -189,7 +189,8 @@ def _text(value: Any) -> str | None:
 
 def _progress(service: UseapiService, body: Mapping[str, Any]) -> int | None:
     if service.progress_field is None:
-        return None
+        state = _text(body.get(service.state_field))
+        return next((value for name, value in service.state_progress if name == state), None)
     value = body.get(service.progress_field)
     try:
         number = (

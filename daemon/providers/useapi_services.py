@@ -45,6 +45,8 @@ class UseapiService:
     status_account_query: bool = False  # the status read names the account in its query
     progress_field: str | None = None
     progress_scale: float = 100.0  # the progress value that means done (1 for a ratio)
+    # Without a progress field: the progress a state stands for (Kling documents no percentage).
+    state_progress: tuple[tuple[str, int], ...] = ()
     result_url_paths: tuple[tuple[str | int, ...], ...] = ()
     error_fields: tuple[str, ...] = ("error",)
     http404: str = LOST
@@ -120,6 +122,7 @@ KLING = UseapiService(
     final_field="status_final",
     success=frozenset({"succeed"}),
     not_final=frozenset({"submitted", "processing"}),
+    state_progress=(("submitted", 0), ("processing", 50)),
     result_url_paths=(("works", 0, "resource", "resource"),),
     error_fields=("error", "message"),
     http404=LOST,
