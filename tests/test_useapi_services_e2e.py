@@ -122,6 +122,24 @@ async def test_callbacks_end_the_jobs_progress_ones_from_kling(
     assert stats["useapi_services"][service]["submissions_by_ref"] == {job_id: 1}
 
 
+async def test_kling_duplicated_and_reordered_callbacks_change_nothing(
+    relay, app_client: Client, emulator: Emulator
+) -> None:
+    await relay(GENRELAY_SAFETY_POLL_INTERVAL="600")
+    await emulator.configure(webhook_duplicate_rate=1.0, webhook_reorder=True)
+    job_id = await app_client.submit("kling", "videos/text2video", {"prompt": "[seconds=0.6] twice"})
+    async with asyncio.timeout(30):
+        job = await app_client.wait(job_id)
+    assert job["status"]["type"] == "completed", job
+    await emulator.control("POST", "webhooks/flush")  # waits for the sender, too
+    stats: dict[str, Any] = await emulator.stats()
+    # Two progress callbacks, the result and a stale progress one after it, each sent twice.
+    assert stats["useapi_services_callbacks"]["sent_by_ref"] == {job_id: 8}
+    events = await sources(app_client, "kling", job_id)
+    assert sum(e.endswith(":completed") for e in events) == 1, events
+    assert (await app_client.get(job_id) or {})["status"]["type"] == "completed"
+
+
 async def until(check: Callable[[], Awaitable[Any]], seconds: float = 30) -> Any:
     """Poll ``check`` (Redis or emulator state) until it returns something truthy."""
     async with asyncio.timeout(seconds):
