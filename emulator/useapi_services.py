@@ -73,6 +73,10 @@ async def create(request: web.Request, contract: Contract) -> web.Response:
     job = state.submit(contract, account, kind, prompt, cap, (reply_url, reply_ref))
     if job is None:
         raise ApiError(429, f"API query is full for {account.name}, try again later")
+    if state.config.webhook_before_submit_response:
+        early = state.submit_snapshot(contract, job)
+        if early is not None:
+            await state.webhooks.send_now(early)  # it arrives before the create answer
     state.schedule_callbacks(contract, job)
     return json_response(contract.create_answer(job))
 

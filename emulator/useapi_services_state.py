@@ -193,21 +193,31 @@ class ServicesState:
         return sorted(listed, key=lambda entry: -int(entry["available"]))
 
     def schedule_callbacks(self, contract: Contract, job: ServiceJob) -> None:
-        """Kling: progress, then the result; the others: the result only ("completed or failed")."""
+        """Kling: progress, then the result; the others: the result only ("completed or failed"),
+        and progress too with the knob ``webhook_progress`` (MiniMax's first page described it)."""
         if job.reply_url is None:
             return
         base = self.config.public_base
         planned: list[tuple[float, str]] = []
-        if contract.progress_callbacks and job.duration > 0:
+        progress = contract.progress_callbacks or self.config.webhook_progress
+        if progress and job.duration > 0:
             planned += [(job.start + fraction * job.duration, "progress") for fraction in PROGRESS_FRACTIONS]
         planned.append((job.end, "terminal"))
-        if contract.progress_callbacks and self.config.webhook_reorder:
+        if progress and self.config.webhook_reorder:
             planned.append((job.end, "stale"))
         for at, kind in planned:
             body_at = job.start + PROGRESS_FRACTIONS[-1] * job.duration if kind == "stale" else at
             body = contract.status(job, body_at, base)
             if body is not None:
                 self.webhooks.schedule(Delivery(job.job_id, job.reply_url, job.reply_ref, body, at, kind))
+
+    def submit_snapshot(self, contract: Contract, job: ServiceJob) -> Delivery | None:
+        """A callback with the job as it is at submit time (the knob webhook_before_submit_response);
+        None where the status read has nothing to say yet (PixVerse answers 404)."""
+        body = contract.status(job, job.start, self.config.public_base)
+        if job.reply_url is None or body is None:
+            return None
+        return Delivery(job.job_id, job.reply_url, job.reply_ref, body, job.start, "progress")
 
     def reset(self) -> None:
         for jobs in self.jobs.values():

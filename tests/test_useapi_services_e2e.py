@@ -140,6 +140,23 @@ async def test_kling_duplicated_and_reordered_callbacks_change_nothing(
     assert (await app_client.get(job_id) or {})["status"]["type"] == "completed"
 
 
+@pytest.mark.parametrize("service", ["kling", "minimax"])
+async def test_a_callback_before_the_submit_answer_and_progress_callbacks_are_kept(
+    relay, app_client: Client, emulator: Emulator, service: str
+) -> None:
+    await relay(GENRELAY_SAFETY_POLL_INTERVAL="600")
+    await emulator.configure(webhook_before_submit_response=True, webhook_progress=True)
+    job_id = await app_client.submit(service, WORK[service][0], {"prompt": "[seconds=0.6] an early bird"})
+    async with asyncio.timeout(30):
+        job = await app_client.wait(job_id)
+    assert job["status"]["type"] == "completed" and job["submitTries"] == 1, job
+    await emulator.control("POST", "webhooks/flush")
+    stats: dict[str, Any] = await emulator.stats()
+    # The early one, two progress callbacks and the result.
+    assert stats["useapi_services_callbacks"]["sent_by_ref"] == {job_id: 4}
+    assert stats["useapi_services"][service]["submissions_by_ref"] == {job_id: 1}
+
+
 async def until(check: Callable[[], Awaitable[Any]], seconds: float = 30) -> Any:
     """Poll ``check`` (Redis or emulator state) until it returns something truthy."""
     async with asyncio.timeout(seconds):
