@@ -16,12 +16,21 @@ from urllib.parse import urlsplit
 
 from daemon.errors import SettingsError
 
-__all__ = ["DEFAULT_BASE_URLS", "SUPPORTED_PROVIDERS", "Account", "http_url_problem", "load_accounts"]
+__all__ = [
+    "DEFAULT_BASE_URLS",
+    "SUPPORTED_PROVIDERS",
+    "USEAPI_PROVIDERS",
+    "Account",
+    "http_url_problem",
+    "load_accounts",
+]
 
-SUPPORTED_PROVIDERS: frozenset[str] = frozenset({"ltx", "ltxstudio", "vydra"})
+# useapi.net services, by the name useapi gives them in its paths (docs/useapi-services.md).
+USEAPI_PROVIDERS: frozenset[str] = frozenset({"ltxstudio", "kling", "minimax", "pixverse", "runwayml"})
+SUPPORTED_PROVIDERS: frozenset[str] = frozenset({"ltx", "vydra"}) | USEAPI_PROVIDERS
 DEFAULT_BASE_URLS: dict[str, str] = {
     "ltx": "https://api.ltx.video",
-    "ltxstudio": "https://api.useapi.net",
+    **dict.fromkeys(sorted(USEAPI_PROVIDERS), "https://api.useapi.net"),
     "vydra": "https://www.vydra.ai",
 }
 

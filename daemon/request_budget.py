@@ -16,6 +16,7 @@ provider counts it then.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -26,6 +27,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from daemon import keys
+from daemon.accounts_file import Account
 from daemon.errors import ProviderAction, ProviderError
 from daemon.scripts import Scripts
 
@@ -89,6 +91,18 @@ class RequestBudget:
         delay = exhausted.wait_s + random.uniform(0, exhausted.window_s / 4)
         pk = keys.provider_keys(provider)
         await self.scripts.postpone_poll(keys=[pk.polls, pk.polling], args=[job_id, math.ceil(delay * 1000)])
+
+
+# useapi.net counts requests per API token, whatever the service (Kling, MiniMax, ...): their
+# accounts take from budgets under this one name instead of their provider's.
+USEAPI_BUDGET = "useapi"
+
+
+def shared_budget_holder(account: Account) -> str:
+    """The budget a useapi account takes from: one per API token (and API root), so every
+    account of one token shares it. The key itself never appears, only a digest of it."""
+    digest = hashlib.blake2b(f"{account.base_url}\0{account.api_key}".encode(), digest_size=8).hexdigest()
+    return f"token-{digest}"
 
 
 _BUDGETS: weakref.WeakKeyDictionary[aiohttp.ClientSession, RequestBudget] = weakref.WeakKeyDictionary()

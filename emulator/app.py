@@ -10,11 +10,12 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from emulator import control, ltx, ltxstudio, vydra
+from emulator import control, ltx, ltxstudio, useapi_services, vydra
 from emulator.config import EmulatorConfig
 from emulator.ltx_state import STATE_KEY, EmulatorState
 from emulator.ltxstudio_state import STUDIO_KEY, StudioState
 from emulator.responses import ApiError, error_response
+from emulator.useapi_services_state import SERVICES_KEY, ServicesState
 from emulator.vydra_state import VYDRA_KEY, VydraState
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,14 @@ def create_app(
     state = app[STATE_KEY] = EmulatorState(config or EmulatorConfig(), clock)
     studio = app[STUDIO_KEY] = StudioState(state)
     app.cleanup_ctx.append(studio.webhooks.context)
+    services = app[SERVICES_KEY] = ServicesState(state)
+    app.cleanup_ctx.append(services.webhooks.context)
     vydra_state = app[VYDRA_KEY] = VydraState(state)
     app.cleanup_ctx.append(vydra_state.webhooks.context)
     app.add_routes(control.routes())
     app.add_routes(ltx.routes())
     app.add_routes(ltxstudio.routes())
+    app.add_routes(useapi_services.routes())
     app.add_routes(vydra.routes())
     app.on_response_prepare.append(_add_request_id)
     return app
@@ -50,7 +54,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     useapi's ``{error, code}`` under /v1/ltxstudio/, vydra's ``{error, code: "ERROR_CODE"}`` under
     /api/v1/, LTX's ``{type, error}`` elsewhere."""
     render = error_response
-    if request.path.startswith(f"{ltxstudio.PREFIX}/"):
+    if request.path.startswith(f"{ltxstudio.PREFIX}/") or request.path.startswith(
+        tuple(f"{prefix}/" for prefix in useapi_services.PREFIXES)
+    ):
         render = ltxstudio.error_response
     elif request.path.startswith(f"{vydra.PREFIX}/"):
         render = vydra.error_response
@@ -84,6 +90,8 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
         if fault.hold_seconds > 0:
             await asyncio.sleep(fault.hold_seconds)
+        if fault.accept_then_error:
+            raise fault.to_error()
         if not fault.accept_then_drop:
             return response
         if request.transport is not None:

@@ -115,6 +115,15 @@ def _add_useapi_arguments(parser: argparse.ArgumentParser, defaults: EmulatorCon
         metavar="TOKEN:EMAIL=MAXJOBS",
         help="useapi.net LTX Studio account EMAIL under API token TOKEN, MAXJOBS slots; repeatable",
     )
+    parser.add_argument(
+        "--useapi-service-account",
+        action="append",
+        default=[],
+        type=_useapi_service_spec,
+        metavar="SERVICE/TOKEN:ACCOUNT=MAXJOBS",
+        help="a useapi.net Kling, MiniMax, PixVerse or Runway account (SERVICE kling, minimax, pixverse "
+        "or runwayml; ACCOUNT the email or MiniMax account id); repeatable",
+    )
     rates = (
         ("--webhook-drop-rate", "probability that a callback is not sent"),
         ("--webhook-duplicate-rate", "probability that a callback is sent twice"),
@@ -167,6 +176,20 @@ def _useapi_account_spec(text: str) -> tuple[str, str, int]:
         raise argparse.ArgumentTypeError(f"MAXJOBS must be an integer, got {max_jobs!r}") from None
 
 
+def _useapi_service_spec(text: str) -> tuple[str, str, str, int]:
+    service, slash, rest = text.partition("/")
+    if not slash or not service:
+        raise argparse.ArgumentTypeError(f"expected SERVICE/TOKEN:ACCOUNT=MAXJOBS, got {text!r}")
+    return (service, *_useapi_account_spec(rest))
+
+
+def _useapi_services(specs: list[tuple[str, str, str, int]]) -> dict[str, dict[str, dict[str, int]]]:
+    services: dict[str, dict[str, dict[str, int]]] = {}
+    for service, token, name, max_jobs in specs:
+        services.setdefault(service, {}).setdefault(token, {})[name] = max_jobs
+    return services
+
+
 def _useapi_accounts(specs: list[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
     accounts: dict[str, dict[str, int]] = {}
     for token, email, max_jobs in specs:
@@ -185,6 +208,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         retry_after_seconds=args.retry_after,
         seed=args.seed,
         useapi_accounts=_useapi_accounts(args.useapi_account),
+        useapi_services=_useapi_services(args.useapi_service_account),
         webhook_drop_rate=args.webhook_drop_rate,
         webhook_duplicate_rate=args.webhook_duplicate_rate,
         webhook_reorder=args.webhook_reorder,
@@ -210,7 +234,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 2
-    if not (config.keys or config.accept_any_key or config.useapi_accounts or config.vydra_accounts):
+    accounts = config.useapi_accounts or config.useapi_services or config.vydra_accounts
+    if not (config.keys or config.accept_any_key or accounts):
         print("emulator: no API keys configured; register some via POST /_emulator/keys", file=sys.stderr)
     try:
         run(config, args.host, args.port, on_ready=_announce)

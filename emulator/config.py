@@ -22,6 +22,8 @@ LIVE_KNOBS: tuple[str, ...] = (
     "webhook_before_submit_response",
     "webhook_progress",
     "completed_without_artifact_reads",
+    # useapi.net Kling, MiniMax, PixVerse, Runway (emulator/useapi_services.py)
+    "useapi_opaque_ids",
     # vydra.ai (emulator/vydra.py)
     "vydra_rate_window_seconds",
     "vydra_status_shape",
@@ -40,6 +42,8 @@ VYDRA_ACCOUNT_FIELDS = frozenset({"plan", "rpm", "concurrent", "credits"})
 VYDRA_STATUS_SHAPES = frozenset({"documented", "models"})
 VYDRA_KEY_PATTERN = re.compile(r"^vydra_live_user_[A-Za-z0-9]+_[A-Za-z0-9]+$")
 
+USEAPI_SERVICES = frozenset({"kling", "minimax", "pixverse", "runwayml"})
+
 DEFAULT_PUBLIC_BASE = "https://storage.emulator.invalid"
 
 
@@ -57,6 +61,11 @@ class EmulatorConfig:
     seed: int | None = None
     # useapi.net (LTX Studio): API token -> {account email: maxJobs}; one token is one subscription.
     useapi_accounts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # useapi.net Kling, MiniMax, PixVerse and Runway: service -> API token -> {account: maxJobs}
+    # (the account is the email, or the MiniMax account id).
+    useapi_services: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
+    # Ids of new MiniMax / PixVerse / Runway jobs leave the account out (the documented ones embed it).
+    useapi_opaque_ids: bool = False
     # Callback faults: each callback is dropped / sent twice with these probabilities.
     webhook_drop_rate: float = 0.0
     webhook_duplicate_rate: float = 0.0
@@ -94,6 +103,11 @@ class EmulatorConfig:
                 raise ValueError("API keys must be non-empty")
             _check_int("max_jobs", max_jobs, 0)
         _check_useapi_accounts(self.useapi_accounts)
+        for service, tokens in self.useapi_services.items():
+            if service not in USEAPI_SERVICES:
+                raise ValueError(f"useapi service must be one of {', '.join(sorted(USEAPI_SERVICES))}")
+            _check_useapi_accounts(tokens)
+        _check_bool("useapi_opaque_ids", self.useapi_opaque_ids)
         _check_int("default_max_jobs", self.default_max_jobs, 0)
         _check_number("job_seconds", self.job_seconds, 0.0, None)
         _check_number("job_seconds_jitter", self.job_seconds_jitter, 0.0, 1.0)
@@ -124,6 +138,10 @@ class EmulatorConfig:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["keys"] = dict(self.keys)
         data["useapi_accounts"] = {token: dict(emails) for token, emails in self.useapi_accounts.items()}
+        data["useapi_services"] = {
+            service: {token: dict(names) for token, names in tokens.items()}
+            for service, tokens in self.useapi_services.items()
+        }
         data["vydra_accounts"] = {key: dict(account) for key, account in self.vydra_accounts.items()}
         return data
 

@@ -10,6 +10,7 @@ from emulator.faults import parse_fault
 from emulator.ltx_state import STATE_KEY
 from emulator.ltxstudio_state import STUDIO_KEY
 from emulator.responses import ApiError, json_response
+from emulator.useapi_services_state import SERVICES_KEY
 from emulator.vydra_state import VYDRA_KEY
 
 PREFIX = "/_emulator"
@@ -33,7 +34,8 @@ def routes() -> list[web.RouteDef]:
 
 async def stats(request: web.Request) -> web.Response:
     app = request.app
-    return json_response(app[STATE_KEY].stats() | app[STUDIO_KEY].stats() | app[VYDRA_KEY].stats())
+    stats = app[STATE_KEY].stats() | app[STUDIO_KEY].stats() | app[SERVICES_KEY].stats()
+    return json_response(stats | app[VYDRA_KEY].stats())
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -62,9 +64,13 @@ async def register_key(request: web.Request) -> web.Response:
 
 
 async def register_useapi_account(request: web.Request) -> web.Response:
-    """Add a useapi.net LTX Studio account ``{token, email, maxJobs}``, or change its maxJobs."""
+    """Add a useapi.net account ``{token, email, maxJobs, service?}`` (LTX Studio unless
+    ``service`` names kling, minimax, pixverse or runwayml), or change its maxJobs."""
     body = await read_object(request)
     token, email, max_jobs = body.get("token"), body.get("email"), body.get("maxJobs")
+    service = body.get("service", "ltxstudio")
+    if service not in ("ltxstudio", "kling", "minimax", "pixverse", "runwayml"):
+        raise ApiError(400, "service must be ltxstudio, kling, minimax, pixverse or runwayml")
     if not isinstance(token, str) or not token:
         raise ApiError(400, "token must be a non-empty string")
     if not isinstance(email, str) or not email:
@@ -72,7 +78,10 @@ async def register_useapi_account(request: web.Request) -> web.Response:
     if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 0:
         raise ApiError(400, "maxJobs must be an integer >= 0")
     try:
-        request.app[STUDIO_KEY].register(token, email, max_jobs)
+        if service == "ltxstudio":
+            request.app[STUDIO_KEY].register(token, email, max_jobs)
+        else:
+            request.app[SERVICES_KEY].register(service, token, email, max_jobs)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     return json_response({"token": token, "email": email, "maxJobs": max_jobs})
@@ -95,9 +104,9 @@ async def register_vydra_account(request: web.Request) -> web.Response:
 async def flush_webhooks(request: web.Request) -> web.Response:
     """Send the callbacks due by the emulator clock now (both contracts) and wait for them, so a
     test that moved a fake clock can assert what was (not) sent without waiting for the sender."""
-    studio, vydra = request.app[STUDIO_KEY].webhooks, request.app[VYDRA_KEY].webhooks
-    due = await studio.flush() + await vydra.flush()
-    return json_response({"due": due, "pending": studio.pending() + vydra.pending()})
+    senders = [request.app[key].webhooks for key in (STUDIO_KEY, SERVICES_KEY, VYDRA_KEY)]
+    due = sum([await sender.flush() for sender in senders])
+    return json_response({"due": due, "pending": sum(sender.pending() for sender in senders)})
 
 
 async def list_faults(request: web.Request) -> web.Response:
@@ -118,6 +127,7 @@ async def add_fault(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     request.app[STATE_KEY].reset()
     request.app[STUDIO_KEY].reset()
+    request.app[SERVICES_KEY].reset()
     request.app[VYDRA_KEY].reset()
     return json_response({"reset": True})
 

@@ -24,11 +24,14 @@ class Fault:
     accept_then_drop: bool = False
     # The request is handled at once, and its answer leaves only this many seconds later.
     hold_seconds: float = 0.0
+    # The request is handled (a create makes and counts its job) and the answer is this fault's
+    # error all the same (MiniMax's 502/504 "while still accepting jobs").
+    accept_then_error: bool = False
 
     @property
     def handled(self) -> bool:
         """True when the request still reaches its handler (the fault acts on the answer)."""
-        return self.accept_then_drop or self.hold_seconds > 0
+        return self.accept_then_drop or self.accept_then_error or self.hold_seconds > 0
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and path.startswith(self.path_prefix)
@@ -49,6 +52,7 @@ class Fault:
             "drop_connection": self.drop_connection,
             "accept_then_drop": self.accept_then_drop,
             "hold_seconds": self.hold_seconds,
+            "accept_then_error": self.accept_then_error,
         }
 
 
@@ -95,6 +99,7 @@ _FIELDS = frozenset(
         "drop_connection",
         "accept_then_drop",
         "hold_seconds",
+        "accept_then_error",
     }
 )
 
@@ -113,10 +118,13 @@ def parse_fault(body: Mapping[str, Any]) -> Fault:
     accept_then_drop = body.get("accept_then_drop", False)
     if not isinstance(accept_then_drop, bool):
         raise ValueError("accept_then_drop must be a boolean")
+    accept_then_error = body.get("accept_then_error", False)
+    if not isinstance(accept_then_error, bool):
+        raise ValueError("accept_then_error must be a boolean")
     hold = body.get("hold_seconds", 0)
     if isinstance(hold, bool) or not isinstance(hold, int | float) or not 0 <= hold <= 600:
         raise ValueError("hold_seconds must be a number between 0 and 600")
-    if drop and (accept_then_drop or hold):
+    if drop and (accept_then_drop or accept_then_error or hold):
         raise ValueError(
             "drop_connection drops before the handler: it cannot be combined with "
             "accept_then_drop or hold_seconds"
@@ -132,6 +140,7 @@ def parse_fault(body: Mapping[str, Any]) -> Fault:
         drop_connection=drop,
         accept_then_drop=accept_then_drop,
         hold_seconds=float(hold),
+        accept_then_error=accept_then_error,
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
+from daemon.accounts_file import USEAPI_PROVIDERS
 from daemon.embedded_redis import EmbeddedRedis
 from daemon.redis_connection import connect
 from daemon.services import Services, open_services
@@ -100,16 +101,17 @@ async def emulator(emulator_config: EmulatorConfig) -> AsyncIterator[Emulator]:
 
 def write_accounts(path: Path, base_url: str, accounts: Mapping[str, AccountSpec]) -> Path:
     """One ``[[account]]`` per entry; a name ``ltxstudio/EMAIL`` makes a useapi LTX Studio account
-    (all of them share the one useapi token, as one subscription does), ``vydra/NAME`` a vydra one
+    (all useapi accounts, ``kling/EMAIL``, ``minimax/ID`` ... too, share the one useapi token, as
+    one subscription does), ``vydra/NAME`` a vydra one
     (key ``VYDRA_KEY_<NAME>``), a bare name an ltx one. A table value adds optional account keys."""
     tables = []
     for entry, spec in accounts.items():
         provider, _, name = entry.rpartition("/")
         provider = provider or "ltx"
         options = dict(spec) if isinstance(spec, dict) else {"max_jobs": spec}
-        key_env = {"ltxstudio": "USEAPI_TOKEN", "vydra": f"VYDRA_KEY_{name.upper()}"}.get(
-            provider, f"LTX_KEY_{name.upper()}"
-        )
+        key_env = {"vydra": f"VYDRA_KEY_{name.upper()}"}.get(provider, f"LTX_KEY_{name.upper()}")
+        if provider in USEAPI_PROVIDERS:
+            key_env = "USEAPI_TOKEN"
         lines = "".join(f"{key} = {value!r}\n" for key, value in options.items())
         tables.append(
             f'[[account]]\nprovider = "{provider}"\nname = "{name}"\n{lines}'

@@ -226,7 +226,8 @@ api_key_env = "LTXV_BACKUP_KEY"
             '"ltx"\nname = "backup"',
             '"runway"\nname = "backup"',
             10,
-            "provider 'runway' is not supported (supported: ltx, ltxstudio, vydra)",
+            "provider 'runway' is not supported "
+            "(supported: kling, ltx, ltxstudio, minimax, pixverse, runwayml, vydra)",
         ),
         (
             'name = "backup"',

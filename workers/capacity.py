@@ -13,6 +13,7 @@ accepted asks for a sync at once and again after the grace period (``request_rec
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -23,7 +24,7 @@ from daemon import keys
 from daemon.errors import ProviderError
 from daemon.jobs import State, Update
 from daemon.providers import get_provider
-from daemon.providers.base import CapacityProvider
+from daemon.providers.base import CapacityProvider, ProviderCapacity
 from daemon.slots import Reconciled
 from workers.runtime import RUNTIME, WorkerRuntime
 
@@ -63,6 +64,7 @@ async def sync_provider(runtime: WorkerRuntime, provider: str) -> list[Reconcile
         except ProviderError as exc:
             log.warning("capacity listing failed", provider=provider, account=account.name, error=str(exc))
             continue
+        listing = await place_unnamed(services.client, listing, account.name)
         result = await services.slots.reconcile(
             provider,
             account.name,
@@ -88,6 +90,25 @@ async def sync_provider(runtime: WorkerRuntime, provider: str) -> list[Reconcile
             )
         results.append(result)
     return results
+
+
+async def place_unnamed(client: Any, listing: ProviderCapacity, account: str) -> ProviderCapacity:
+    """Keep the entries that name no account (useapi MiniMax, PixVerse: ``executing[]`` has no
+    account field, and an id need not embed one) only when they are ours and our record of the job
+    names ``account``: the adapter lists them under every account of the token."""
+    unnamed = [entry for entry in listing.executing if not entry.account and entry.reply_ref]
+    if not unnamed:
+        return listing
+    async with client.pipeline(transaction=False) as pipe:
+        for entry in unnamed:
+            pipe.hget(keys.job_key(str(entry.reply_ref)), "account")
+        owners = dict(zip((entry.provider_job_id for entry in unnamed), await pipe.execute(), strict=True))
+    kept = tuple(
+        dataclasses.replace(entry, account=account) if not entry.account else entry
+        for entry in listing.executing
+        if entry.account or owners.get(entry.provider_job_id) == account
+    )
+    return dataclasses.replace(listing, executing=kept)
 
 
 async def fail_uncertain(runtime: WorkerRuntime, job_id: str, account: str) -> str:

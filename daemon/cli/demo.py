@@ -1,10 +1,10 @@
 """``genrelay demo`` (``make demo``): the whole job path on the embedded default.
 
-Starts an embedded Redis, the provider emulator (all three providers on one port), one web and one
-worker process (each a real process, as in production), pushes jobs for ``ltx``, ``ltxstudio`` and
-``vydra`` accounts through ``POST /v1/jobs``, shows live progress from the events streams, prints a
-summary per provider and account (jobs done, peak concurrency against ``maxJobs``, how each job
-ended) and stops everything it started.
+Starts an embedded Redis, the provider emulator (every provider on one port), one web and one
+worker process (each a real process, as in production), pushes jobs for ``ltx``, ``ltxstudio``,
+``vydra``, ``kling`` and ``minimax`` accounts through ``POST /v1/jobs``, shows live progress from
+the events streams, prints a summary per provider and account (jobs done, peak concurrency
+against ``maxJobs``, how each job ended) and stops everything it started.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from daemon.cli.demo_setup import (
     OPERATIONS,
     PROMPTS,
     PROVIDERS,
+    USEAPI_SERVICES,
     WEBHOOK_DROP_RATE,
     DemoAccount,
     free_port,
@@ -115,8 +116,8 @@ def run_demo(*, jobs: int = 36, failure_rate: float = 0.15, job_seconds: float =
         emulator_url, emulator = start_emulator(failure_rate, job_seconds)
         children.append(emulator)
         print(
-            f"demo: provider emulator (ltx, ltxstudio, vydra) on {emulator_url}: failure rate "
-            f"{failure_rate:.0%}, {WEBHOOK_DROP_RATE:.0%} of webhooks dropped",
+            f"demo: provider emulator (ltx, ltxstudio, vydra, kling, minimax) on {emulator_url}: "
+            f"failure rate {failure_rate:.0%}, {WEBHOOK_DROP_RATE:.0%} of webhooks dropped",
             flush=True,
         )
         port = free_port()
@@ -292,6 +293,8 @@ def emulator_peak(stats: dict[str, Any], account: DemoAccount) -> int:
         return int(stats["keys"][account.key]["peak"])
     if account.provider == "ltxstudio":
         return int(stats["useapi_accounts"][account.name]["peak"])
+    if account.provider in USEAPI_SERVICES:
+        return int(stats["useapi_services"][account.provider]["accounts"][account.name]["peak"])
     return int(stats["vydra"]["accounts"][account.key]["peak"])
 
 

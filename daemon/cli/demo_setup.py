@@ -33,8 +33,13 @@ ACCOUNTS = (
     DemoAccount("ltxstudio", "maker-1@example.com", 2, USEAPI_TOKEN),
     DemoAccount("ltxstudio", "maker-2@example.com", 2, USEAPI_TOKEN),
     DemoAccount("vydra", "vydra-main", 3, "vydra_live_user_1000_demokey"),
+    # useapi.net Kling (an email) and MiniMax (an account id), under the same useapi token.
+    DemoAccount("kling", "kling-1@example.com", 2, USEAPI_TOKEN),
+    DemoAccount("minimax", "400001", 2, USEAPI_TOKEN),
 )
-PROVIDERS = ("ltx", "ltxstudio", "vydra")
+PROVIDERS = ("ltx", "ltxstudio", "vydra", "kling", "minimax")
+# The useapi.net services the emulator serves besides LTX Studio (--useapi-service-account).
+USEAPI_SERVICES = ("kling", "minimax")
 OPERATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "ltx": [
         ("text-to-video", {"model": "ltx-2-3-fast", "duration": 4, "resolution": "1920x1080"}),
@@ -57,6 +62,8 @@ OPERATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("generate_video", {"model": "veo3", "aspect_ratio": "16:9"}),
         ("generate_image", {"model": "gemini-image"}),
     ],
+    "kling": [("videos/text2video", {"duration": "5"}), ("images/kolors", {})],
+    "minimax": [("videos/create", {}), ("images/create", {})],
 }
 PROMPTS = ["a lighthouse at dawn", "a red fox in snow", "city lights from a train", "waves on black sand"]
 WEBHOOK_DROP_RATE = 0.2  # so some jobs show the safety poll at work
@@ -64,7 +71,7 @@ WEBHOOK_DROP_RATE = 0.2  # so some jobs show the safety poll at work
 
 def key_env(account: DemoAccount) -> str:
     """The environment variable the accounts file names for the account's key."""
-    if account.provider == "ltxstudio":
+    if account.provider == "ltxstudio" or account.provider in USEAPI_SERVICES:
         return "DEMO_USEAPI_TOKEN"
     return "DEMO_KEY_" + account.name.upper().replace("-", "_")
 
@@ -92,6 +99,9 @@ def start_emulator(failure_rate: float, job_seconds: float) -> tuple[str, Child]
             account_args.append(f"--key={account.key}={account.max_jobs}")
         elif account.provider == "ltxstudio":
             account_args.append(f"--useapi-account={account.key}:{account.name}={account.max_jobs}")
+        elif account.provider in USEAPI_SERVICES:
+            spec = f"{account.provider}/{account.key}:{account.name}={account.max_jobs}"
+            account_args.append(f"--useapi-service-account={spec}")
         else:
             account_args.append(f"--vydra-account={account.key}={VYDRA_PLAN}")
     args = [

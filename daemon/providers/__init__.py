@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from daemon.providers.base import Provider, WebhookProvider
 from daemon.providers.ltx import LtxProvider
-from daemon.providers.useapi import LTX_STUDIO_OPERATIONS, UseapiProvider
+from daemon.providers.useapi import SERVICES, make_provider
 from daemon.providers.vydra import VydraProvider
 
-_LTX_STUDIO = UseapiProvider("ltxstudio", "ltxstudio", LTX_STUDIO_OPERATIONS)
+# useapi.net services, one adapter each from its table entry: ltxstudio, kling, minimax, pixverse, runwayml.
+_USEAPI: dict[str, WebhookProvider] = {name: make_provider(service) for name, service in SERVICES.items()}
 _VYDRA = VydraProvider()
-_PROVIDERS: dict[str, Provider] = {"ltx": LtxProvider(), "ltxstudio": _LTX_STUDIO, "vydra": _VYDRA}
-_WEBHOOK_PROVIDERS: dict[str, WebhookProvider] = {"ltxstudio": _LTX_STUDIO, "vydra": _VYDRA}
+_PROVIDERS: dict[str, Provider] = {"ltx": LtxProvider(), **_USEAPI, "vydra": _VYDRA}
+_WEBHOOK_PROVIDERS: dict[str, WebhookProvider] = {**_USEAPI, "vydra": _VYDRA}
 
 
 def get_provider(name: str) -> Provider:
