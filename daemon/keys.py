@@ -26,7 +26,8 @@ DELIVERIES_DEAD = f"{PREFIX}:deliveries:dead"
 # A delivery's try counter, refreshed at every attempt, outlives the longest wait between two attempts.
 DELIVERY_TRIES_TTL_S = 2 * 86_400
 
-JOB_ID_PATTERN = re.compile(r"^(?P<provider>[a-z][a-z0-9]*)-(?P<token>[0-9a-f]{32})$")
+# Matched with fullmatch: "$" would also accept an id followed by a newline.
+JOB_ID_PATTERN = re.compile(r"(?P<provider>[a-z][a-z0-9]*)-(?P<token>[0-9a-f]{32})")
 
 STATES = ("queued", "submitting", "active", "completed", "failed", "canceled")
 
@@ -35,7 +36,7 @@ STATES = ("queued", "submitting", "active", "completed", "failed", "canceled")
 def provider_of(job_id: str) -> str | None:
     """The provider named in a job id, or None when the id is not one of ours (cached: every
     update of a job asks again)."""
-    match = JOB_ID_PATTERN.match(job_id)
+    match = JOB_ID_PATTERN.fullmatch(job_id)
     return match.group("provider") if match else None
 
 
@@ -131,12 +132,12 @@ def capacity_lock_key(provider: str) -> str:
     return f"{tag(provider)}:capacity:lock"
 
 
-ASSET_ID_PATTERN = re.compile(r"^(?P<provider>[a-z][a-z0-9]*)-asset-(?P<token>[0-9a-f]{32})$")
+ASSET_ID_PATTERN = re.compile(r"(?P<provider>[a-z][a-z0-9]*)-asset-(?P<token>[0-9a-f]{32})")
 
 
 def provider_of_asset(asset_id: str) -> str | None:
     """The provider named in an asset id, or None when the id is not one of ours."""
-    match = ASSET_ID_PATTERN.match(asset_id)
+    match = ASSET_ID_PATTERN.fullmatch(asset_id)
     return match.group("provider") if match else None
 
 

@@ -14,6 +14,7 @@ import structlog
 from daemon import keys
 from daemon.assets import artifact_fields
 from daemon.errors import InvalidRequest, NotFound
+from daemon.input_limits import check_reply_url
 from daemon.jobs import Job, JobRequest, State, Update, new_job_id
 from daemon.providers import get_provider
 from daemon.scripts import Scripts
@@ -74,6 +75,7 @@ class JobStore:
             )
         if request.account and self.settings.account(request.provider, request.account) is None:
             raise InvalidRequest(f"no {request.provider} account named {request.account!r}")
+        check_reply_url(request.reply_url, self.settings.delivery_allow_private)
 
     async def create(self, request: JobRequest, job_id: str | None = None) -> Created:
         """Store the job and dispatch it if a slot is free; idempotent on the request id (or on
@@ -158,14 +160,26 @@ class JobStore:
         """Newest first; returns one page and the total count matching the filters."""
         providers = [provider] if provider else list(self.settings.providers())
         index_keys = [self._index_key(p, state) for p in providers]
+        start, stop = (page - 1) * limit, page * limit - 1
         async with self.client.pipeline(transaction=False) as pipe:
             for key in index_keys:
                 pipe.zcard(key)
-                pipe.zrevrange(key, 0, page * limit - 1, withscores=True)
-            results = await pipe.execute()
-        total = sum(results[0::2])
-        merged = sorted((entry for rows in results[1::2] for entry in rows), key=lambda e: -e[1])
-        ids = [job_id for job_id, _ in merged[(page - 1) * limit : page * limit]]
+            counts: list[int] = await pipe.execute()
+        total = sum(counts)
+        if start >= total:
+            return [], total  # past the end: nothing is read
+        if len(index_keys) == 1:
+            # One index: Redis pages it (O(log n + limit)), however deep the page.
+            rows = await self.client.zrevrange(index_keys[0], start, stop)
+            ids = list(rows)
+        else:
+            # Several: the top page*limit of each (bounded by what each holds), merged by score.
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, count in zip(index_keys, counts, strict=True):
+                    pipe.zrevrange(key, 0, min(stop, count - 1), withscores=True)
+                results = await pipe.execute()
+            merged = sorted((entry for rows in results for entry in rows), key=lambda e: -e[1])
+            ids = [job_id for job_id, _ in merged[start : stop + 1]]
         async with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(keys.job_key(job_id))

@@ -7,6 +7,7 @@ status model, the scheduler), so one adapter serves them; the service path is a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -51,7 +52,11 @@ def parse_status(body: Mapping[str, Any], *, confirm: bool = False) -> Update:
     status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
     kind = status.get("type")
     progress = status.get("progress")
-    progress = int(progress) if isinstance(progress, int | float) and not isinstance(progress, bool) else None
+    # Clamped here: a provider's "1e308" must not become a 300-digit integer on its way to Redis.
+    if isinstance(progress, int | float) and not isinstance(progress, bool) and math.isfinite(progress):
+        progress = max(0, min(100, int(progress)))
+    else:
+        progress = None
     message = status.get("message") if isinstance(status.get("message"), str) else None
     provider_job_id = body.get("jobId") if isinstance(body.get("jobId"), str) else None
     if kind == "completed":
