@@ -18,7 +18,8 @@ PREFIX = "genrelay"
 ARQ_QUEUE = f"{PREFIX}:queue"
 # arq's fixed prefix for serialized jobs; the dispatch scripts write submissions there themselves.
 ARQ_JOB_PREFIX = "arq:job:"
-# Generated once when GENRELAY_SECRET is unset, so every process signs with the same key.
+# Where versions before the secrets-at-rest change kept a generated GENRELAY_SECRET; read once to move
+# it into the embedded server's data dir, then deleted (see daemon/secret_store.py).
 SECRET = f"{PREFIX}:secret"
 # hash  "<job id>:<seq>" -> JSON dead letter: deliveries to an app's replyUrl that gave up. No TTL: an
 # operator replays (`genrelay deliveries replay`) or reads them; nothing else removes them.

@@ -46,7 +46,10 @@ def job_deserializer(data: bytes) -> Any:
 def arq_pool(redis_url: str) -> ArqRedis:
     """arq's Redis client with our client options: arq's own has no reply timeout, so one command
     sent into a network partition would stall the worker's poll loop for good."""
-    pool: ArqRedis = ArqRedis.from_url(redis_url, **client_options(decode_responses=False))
+    options = client_options(decode_responses=False)
+    if redis_url.startswith("unix:"):
+        options.pop("socket_keepalive", None)  # a TCP option (the embedded server's socket is unix)
+    pool: ArqRedis = ArqRedis.from_url(redis_url, **options)
     pool.job_serializer = job_serializer
     pool.job_deserializer = job_deserializer
     pool.default_queue_name = keys.ARQ_QUEUE
