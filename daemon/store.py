@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,40 +106,32 @@ class JobStore:
             log.info("job queued", job_id=job_id, provider=request.provider, dispatched=created.dispatched)
         return created
 
-    async def reject(self, job_id: str, body: object, message: str) -> None:
+    async def reject(self, job_id: str, body: object, message: str) -> str:
         """Record a request that arrived through Redis and was invalid, as a failed job, so the app
-        waiting on it learns why; nothing else (slots, queues) is touched."""
+        waiting on it learns why; only when no job has that id (``lua/reject_job.lua``), and nothing
+        else (slots, queues) is touched. Returns ``rejected`` or ``exists``."""
         provider = keys.provider_of(job_id)
         if provider is None:
-            return
-        key = keys.job_key(job_id)
-        now_ms = int(time.time() * 1000)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "id", job_id)
-            pipe.hset(
-                key,
-                mapping={
-                    "provider": provider,
-                    "operation": str(body.get("operation", "")) if isinstance(body, dict) else "",
-                    "params": "{}",
-                    "state": State.FAILED.value,
-                    "message": f"invalid request: {message}",
-                    "error_type": "invalid_request",
-                    "created_ms": now_ms,
-                    "updated_ms": now_ms,
-                    "finished_ms": now_ms,
-                    "ended_by": "api",
-                },
+            return "exists"
+        operation = body.get("operation") if isinstance(body, dict) else None
+        fields = {
+            "id": job_id,
+            "provider": provider,
+            "operation": operation[:200] if isinstance(operation, str) else "",
+            "params": "{}",
+            "state": State.FAILED.value,
+            "message": f"invalid request: {message}",
+            "error_type": "invalid_request",
+            "ended_by": "api",
+        }
+        outcome = str(
+            await self.scripts.reject_job(
+                keys=[keys.job_key(job_id), keys.events_key(provider)],
+                args=[orjson.dumps(fields), int(self.settings.job_retention), EVENTS_MAXLEN],
             )
-            pipe.expire(key, int(self.settings.job_retention))
-            pipe.xadd(
-                keys.events_key(provider),
-                {"job": job_id, "state": "failed", "progress": "0", "account": "", "source": "api"},
-                maxlen=EVENTS_MAXLEN,
-                approximate=True,
-            )
-            await pipe.execute()
-        log.warning("job rejected", job_id=job_id, provider=provider, error=message)
+        )
+        log.warning("job rejected", job_id=job_id, provider=provider, error=message, outcome=outcome)
+        return outcome
 
     async def get(self, job_id: str) -> Job | None:
         if keys.provider_of(job_id) is None:

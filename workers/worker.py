@@ -17,6 +17,7 @@ from daemon.metrics import start_worker_metrics
 from daemon.redis_connection import client_options
 from daemon.services import open_services
 from daemon.settings import Settings
+from daemon.task_guard import task_deserializer
 from workers.accept import accept_job
 from workers.capacity import CAPACITY_TASK, capacity_forever, sync_capacity
 from workers.deliver import DELIVERY_SENDER, DeliverySender, deliver_job
@@ -33,6 +34,17 @@ log = structlog.get_logger("genrelay.worker")
 def health_check_key(worker_name: str) -> str:
     """The health record of the worker named ``worker_name`` (``GENRELAY_WORKER_NAME``)."""
     return f"{keys.ARQ_QUEUE}:health-check:{worker_name}"
+
+
+# Every task a worker runs; anything else in the queue is malformed.
+TASKS = (
+    "submit_job",
+    "accept_job",
+    "cancel_at_provider",
+    "dispatch_waiting",
+    CAPACITY_TASK,
+    "deliver_job",
+)
 
 
 def job_serializer(value: Any) -> bytes:
@@ -110,7 +122,9 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         on_startup=startup,
         on_shutdown=shutdown,
         job_serializer=job_serializer,
-        job_deserializer=job_deserializer,
+        # A payload it cannot run reaches accept_job as malformed (daemon/task_guard.py), never an
+        # exception arq would only log.
+        job_deserializer=task_deserializer(TASKS),
         keep_result=0,
         max_jobs=settings.worker_concurrency,
         poll_delay=settings.queue_poll_delay,
