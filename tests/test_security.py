@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,7 +34,8 @@ from hypothesis import strategies as st
 from daemon import keys
 from daemon.client import accept_payload, arq_payload, enqueue
 from daemon.jobs import JobRequest, State, Update
-from daemon.services import Services
+from daemon.redis_connection import connect
+from daemon.services import Services, open_services
 from daemon.task_guard import REFUSED_KEY
 from tests.conftest import Emulator, process_env
 from tests.harness.processes import DaemonProcess, ProcessGroup
@@ -510,3 +512,62 @@ async def test_forged_internal_tasks_through_redis_do_nothing(
     refused = await client.hgetall(REFUSED_KEY)
     assert int(refused["cancel_at_provider"]) == 2 and int(refused["deliver_job"]) == 2
     assert int(refused["submit_job"]) == 1 and int(refused["dispatch_waiting"]) == 1
+
+
+# --- secrets at rest ----------------------------------------------------------------------------------------
+
+
+async def test_redis_holds_no_secret_and_an_external_redis_needs_one(
+    tmp_path: Path, redis_url: str, redis_client: aioredis.Redis, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    from daemon.callback_tokens import key_id
+    from daemon.embedded_redis import EmbeddedRedis
+    from daemon.errors import SettingsError
+    from daemon.secret_store import VERIFIER_KEY, verifier
+
+    # An external Redis (any URL that is not the embedded server's socket) and no GENRELAY_SECRET:
+    # start-up says what to set. The TCP URL of an embedded server counts as external.
+    with EmbeddedRedis(tmp_path / "redis", port=0, appendonly=False) as server:
+        settings = make_settings(GENRELAY_SECRET="")
+        with pytest.raises(SettingsError, match="GENRELAY_SECRET is required with an external Redis"):
+            await open_services(settings, server.tcp_url)
+        # The embedded server's own socket: the secret is generated into its data dir, 0600, and Redis
+        # keeps only a key id and a verifier. A value kept by an earlier version is moved, then deleted.
+        client = await connect(server.url)
+        try:
+            await client.set(keys.SECRET, "legacy-secret-value")
+            services = await open_services(settings, server.url)
+            await services.close()
+            secret_file = tmp_path / "redis" / "secret"
+            assert services.secret == "legacy-secret-value" == secret_file.read_text()
+            assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+            assert await client.get(keys.SECRET) is None
+            assert await client.get(VERIFIER_KEY) == verifier(services.secret)
+            assert key_id(services.secret) in verifier(services.secret)
+            values = [await client.dump(key) for key in await client.keys("*")]
+            assert not [value for value in values if value and services.secret.encode() in value]
+            # A second process finds the same secret without configuration.
+            again = await open_services(settings, server.url)
+            await again.close()
+            assert again.secret == services.secret
+        finally:
+            await client.aclose()
+
+
+async def test_a_process_with_another_secret_is_told(open_daemon, make_settings, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    from structlog.testing import capture_logs
+
+    await open_daemon(make_settings(GENRELAY_SECRET="the-first-secret-value"))
+    with capture_logs() as logs:
+        rotated = await open_services(
+            make_settings(
+                GENRELAY_SECRET="the-next-secret-value", GENRELAY_SECRET_PREVIOUS="the-first-secret-value"
+            ),
+            redis_url,
+        )
+        await rotated.close()
+        stray = await open_services(make_settings(GENRELAY_SECRET="a-stray-secret-value"), redis_url)
+        await stray.close()
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert len(errors) == 1 and "differs" in errors[0]["event"]
+    assert "a-stray-secret-value" not in repr(logs) and "the-next-secret-value" not in repr(logs)
