@@ -54,8 +54,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 class RestartableRedis:
-    """An embedded redis-server with AOF on a fixed port, restarted gracefully (SHUTDOWN fsyncs the
-    AOF; the new server replays it) on the same port and data dir, as an operator's restart does."""
+    """An embedded redis-server with AOF on its unix socket, restarted gracefully (SHUTDOWN fsyncs the
+    AOF; the new server replays it) on the same socket and data dir, as an operator's restart does."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -71,11 +71,10 @@ class RestartableRedis:
 
     def restart(self, down_s: float = 0.5) -> float:
         """Stop, stay down ``down_s`` seconds, start again; returns the seconds Redis was away."""
-        port = self.server.port
         began = time.monotonic()
         self.server.stop()
         time.sleep(down_s)
-        self.server = EmbeddedRedis(self.data_dir, port=port, appendonly=True)
+        self.server = EmbeddedRedis(self.data_dir, appendonly=True)
         self.server.start()
         self.restarts += 1
         return time.monotonic() - began

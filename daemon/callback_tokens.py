@@ -33,6 +33,8 @@ def _mac(secret: str, provider: str, job_id: str) -> str:
 # token) -> job id. Only valid tokens get in, so the cache is no oracle; bounded, oldest out first.
 _VERIFIED: dict[tuple[str, str | None, str, str], str] = {}
 VERIFIED_CACHE_SIZE = 10_000
+# An issued token is a job id (at most ~45 characters), a key id and a 43-character MAC.
+MAX_TOKEN_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,8 @@ class CallbackTokens:
 
         Every candidate is compared with ``hmac.compare_digest``, so timing tells nothing.
         """
+        if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+            return None  # compare_digest refuses non-ASCII text; no issued token is that long
         cache_key = (self.current, self.previous, provider, token)
         known = _VERIFIED.get(cache_key)
         if known is not None:

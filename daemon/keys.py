@@ -18,7 +18,8 @@ PREFIX = "genrelay"
 ARQ_QUEUE = f"{PREFIX}:queue"
 # arq's fixed prefix for serialized jobs; the dispatch scripts write submissions there themselves.
 ARQ_JOB_PREFIX = "arq:job:"
-# Generated once when GENRELAY_SECRET is unset, so every process signs with the same key.
+# Where versions before the secrets-at-rest change kept a generated GENRELAY_SECRET; read once to move
+# it into the embedded server's data dir, then deleted (see daemon/secret_store.py).
 SECRET = f"{PREFIX}:secret"
 # hash  "<job id>:<seq>" -> JSON dead letter: deliveries to an app's replyUrl that gave up. No TTL: an
 # operator replays (`genrelay deliveries replay`) or reads them; nothing else removes them.
@@ -26,7 +27,8 @@ DELIVERIES_DEAD = f"{PREFIX}:deliveries:dead"
 # A delivery's try counter, refreshed at every attempt, outlives the longest wait between two attempts.
 DELIVERY_TRIES_TTL_S = 2 * 86_400
 
-JOB_ID_PATTERN = re.compile(r"^(?P<provider>[a-z][a-z0-9]*)-(?P<token>[0-9a-f]{32})$")
+# Matched with fullmatch: "$" would also accept an id followed by a newline.
+JOB_ID_PATTERN = re.compile(r"(?P<provider>[a-z][a-z0-9]*)-(?P<token>[0-9a-f]{32})")
 
 STATES = ("queued", "submitting", "active", "completed", "failed", "canceled")
 
@@ -35,7 +37,7 @@ STATES = ("queued", "submitting", "active", "completed", "failed", "canceled")
 def provider_of(job_id: str) -> str | None:
     """The provider named in a job id, or None when the id is not one of ours (cached: every
     update of a job asks again)."""
-    match = JOB_ID_PATTERN.match(job_id)
+    match = JOB_ID_PATTERN.fullmatch(job_id)
     return match.group("provider") if match else None
 
 
@@ -131,12 +133,12 @@ def capacity_lock_key(provider: str) -> str:
     return f"{tag(provider)}:capacity:lock"
 
 
-ASSET_ID_PATTERN = re.compile(r"^(?P<provider>[a-z][a-z0-9]*)-asset-(?P<token>[0-9a-f]{32})$")
+ASSET_ID_PATTERN = re.compile(r"(?P<provider>[a-z][a-z0-9]*)-asset-(?P<token>[0-9a-f]{32})")
 
 
 def provider_of_asset(asset_id: str) -> str | None:
     """The provider named in an asset id, or None when the id is not one of ours."""
-    match = ASSET_ID_PATTERN.match(asset_id)
+    match = ASSET_ID_PATTERN.fullmatch(asset_id)
     return match.group("provider") if match else None
 
 

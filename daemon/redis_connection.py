@@ -35,6 +35,16 @@ class HiredisPackingConnection(redis.asyncio.Connection):  # type: ignore[misc]
             return packed
 
 
+class HiredisPackingUnixConnection(redis.asyncio.UnixDomainSocketConnection):  # type: ignore[misc]
+    """The same packing over a unix socket (the embedded server's default)."""
+
+    pack_command = HiredisPackingConnection.pack_command
+
+
+# Options that only TCP connections take.
+_TCP_ONLY = ("socket_keepalive",)
+
+
 # Seconds to wait for a reply before a connection counts as broken. Without it, a command sent into a
 # network partition (or a Redis frozen by SIGSTOP) waits forever and so does the process. Blocking reads
 # (XREAD BLOCK) must block for less than this.
@@ -59,10 +69,13 @@ def client_options(*, decode_responses: bool = True) -> dict[str, Any]:
 async def connect(url: str, *, decode_responses: bool = True) -> redis.asyncio.Redis:
     """Return an asyncio client for ``url`` with :func:`client_options`; it does not PING (the first
     command connects)."""
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-        url,
-        **client_options(decode_responses=decode_responses),
-        # Only plain TCP; redis-py picks its own class for rediss:// and unix:// URLs.
-        connection_class=HiredisPackingConnection,
-    )
+    options = client_options(decode_responses=decode_responses)
+    if url.startswith("unix:"):
+        for name in _TCP_ONLY:
+            options.pop(name)
+        options["connection_class"] = HiredisPackingUnixConnection
+    else:
+        # Only plain TCP; redis-py picks its own class for rediss:// URLs.
+        options["connection_class"] = HiredisPackingConnection
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **options)
     return client

@@ -14,7 +14,7 @@ from redis.commands.core import AsyncScript
 
 _LUA = resources.files("daemon") / "lua"
 _PRELUDE = (_LUA / "lib.lua").read_text()
-_STANDALONE = frozenset({"claim_polls", "record_asset", "take_request", "postpone_poll"})
+_STANDALONE = frozenset({"claim_polls", "record_asset", "take_request", "postpone_poll", "reject_job"})
 # Scripts that record assets also get asset_lib.lua (after the slot prelude, when they have it).
 _ASSET_LIB = (_LUA / "asset_lib.lua").read_text()
 _WITH_ASSETS = frozenset({"transition", "record_asset"})
@@ -46,6 +46,7 @@ class Scripts:
     record_asset: AsyncScript
     take_request: AsyncScript
     postpone_poll: AsyncScript
+    reject_job: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import functools
-import secrets
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
 
-from daemon import keys
 from daemon.callback_tokens import CallbackTokens
+from daemon.embedded_redis import config_command
 from daemon.redis_connection import connect
 from daemon.scripts import Scripts
+from daemon.secret_store import resolve_secret
 from daemon.settings import Settings
 from daemon.slots import SlotAllocator
 from daemon.startup_checks import check_redis, runs_embedded_binary
@@ -59,29 +59,28 @@ async def open_services(
     """
     client = await connect(redis_url)
     try:
-        await check_redis_config(client, embedded=embedded)
+        await check_redis_config(client, embedded=embedded, config_command=config_command(settings.data_dir))
         scripts = Scripts.register(client)
         await scripts.load()
         slots = SlotAllocator(client, scripts, settings)
         if sync_accounts:
             await slots.sync_accounts()
-        secret = settings.secret or await shared_secret(client)
+        secret = await resolve_secret(settings, client, redis_url)
     except BaseException:
         await client.aclose()
         raise
     return Services(settings, client, scripts, slots, JobStore(client, scripts, slots), secret)
 
 
-async def check_redis_config(client: aioredis.Redis, *, embedded: bool | None) -> None:
-    """Refuse an evicting Redis before anything is written to it; log what an operator must fix."""
+async def check_redis_config(
+    client: aioredis.Redis, *, embedded: bool | None, config_command: str | None = None
+) -> None:
+    """Refuse an evicting Redis before anything is written to it; log what an operator must fix.
+
+    ``config_command``: the name of ``CONFIG`` on the embedded server of the data dir, when it has one.
+    """
     if embedded is None:
         embedded = await runs_embedded_binary(client)
-    for warning in await check_redis(client, embedded=embedded):
+    command = config_command if embedded and config_command else "CONFIG"
+    for warning in await check_redis(client, embedded=embedded, config_command=command):
         log.warning(warning)
-
-
-async def shared_secret(client: aioredis.Redis) -> str:
-    """The secret generated once and kept in Redis, so every process signs with the same key."""
-    await client.set(keys.SECRET, secrets.token_urlsafe(32), nx=True)
-    value: str = await client.get(keys.SECRET)
-    return value

@@ -58,6 +58,8 @@ class Settings:
     host: str
     port: int
     body_timeout: float
+    head_timeout: float
+    keepalive_timeout: float
     poll_interval: float
     poll_batch: int
     poll_concurrency: int
@@ -134,6 +136,8 @@ class Settings:
             # aiohttp has no deadline on reading a request body: a client that trickles it (slowloris)
             # would hold a handler forever. Past this many seconds it gets 408.
             body_timeout=reader.number("BODY_TIMEOUT", 10.0),
+            head_timeout=reader.number("HEAD_TIMEOUT", 10.0),
+            keepalive_timeout=reader.number("KEEPALIVE_TIMEOUT", 15.0),
             poll_interval=reader.number("POLL_INTERVAL", 5.0),
             poll_batch=reader.integer("POLL_BATCH", 200, low=1),
             poll_concurrency=reader.integer("POLL_CONCURRENCY", 32, low=1),

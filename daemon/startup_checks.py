@@ -42,13 +42,14 @@ PERSISTENCE_OFF = (
 )
 
 
-async def check_redis(client: aioredis.Redis, *, embedded: bool) -> list[str]:
+async def check_redis(client: aioredis.Redis, *, embedded: bool, config_command: str = "CONFIG") -> list[str]:
     """Refuse a Redis that evicts keys; return warnings an operator must read.
 
     Args:
         client: A client of the server to check.
         embedded: Whether this is genrelay's embedded server, whose persistence genrelay itself chose
             (AOF in production, none for throwaway test servers); it is not warned about.
+        config_command: The name of ``CONFIG`` on this server (the embedded one renames it).
 
     Returns:
         Warnings, each a complete sentence saying what to change; empty when all is well.
@@ -57,8 +58,10 @@ async def check_redis(client: aioredis.Redis, *, embedded: bool) -> list[str]:
         SettingsError: ``maxmemory-policy`` is not ``noeviction``.
     """
     try:
-        config = await _config_get(client, _CHECKED)
+        config = await _config_get(client, _CHECKED, config_command)
     except ResponseError as exc:  # unknown (renamed) command, or NOPERM from an ACL
+        if embedded and "unknown command" in str(exc):
+            return []  # an embedded server of another data dir: genrelay configured it (noeviction)
         return [CONFIG_UNAVAILABLE.format(error=exc)]
     policy = config.get("maxmemory-policy")
     if policy is None:  # some managed servers answer CONFIG GET with nothing
@@ -91,13 +94,14 @@ def _is_embedded_binary(executable: str) -> bool:
     return bool(executable) and Path(executable).resolve() == binary.resolve()
 
 
-async def _config_get(client: aioredis.Redis, names: Iterable[str]) -> dict[str, str]:
+async def _config_get(client: aioredis.Redis, names: Iterable[str], command: str) -> dict[str, str]:
     # One name per CONFIG GET: several names in one call need Redis 7, and we support 6.2.
     async with client.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.config_get(name)
+            pipe.execute_command(command, "GET", name)
         replies = await pipe.execute()
-    return {_text(key): _text(value) for reply in replies for key, value in reply.items()}
+    # A flat [name, value, ...] list per reply.
+    return {_text(reply[i]): _text(reply[i + 1]) for reply in replies for i in range(0, len(reply) - 1, 2)}
 
 
 def _text(value: object) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ import structlog
 from daemon import keys
 from daemon.assets import artifact_fields
 from daemon.errors import InvalidRequest, NotFound
+from daemon.input_limits import check_reply_url
 from daemon.jobs import Job, JobRequest, State, Update, new_job_id
 from daemon.providers import get_provider
 from daemon.scripts import Scripts
@@ -74,6 +74,7 @@ class JobStore:
             )
         if request.account and self.settings.account(request.provider, request.account) is None:
             raise InvalidRequest(f"no {request.provider} account named {request.account!r}")
+        check_reply_url(request.reply_url, self.settings.delivery_allow_private)
 
     async def create(self, request: JobRequest, job_id: str | None = None) -> Created:
         """Store the job and dispatch it if a slot is free; idempotent on the request id (or on
@@ -105,40 +106,32 @@ class JobStore:
             log.info("job queued", job_id=job_id, provider=request.provider, dispatched=created.dispatched)
         return created
 
-    async def reject(self, job_id: str, body: object, message: str) -> None:
+    async def reject(self, job_id: str, body: object, message: str) -> str:
         """Record a request that arrived through Redis and was invalid, as a failed job, so the app
-        waiting on it learns why; nothing else (slots, queues) is touched."""
+        waiting on it learns why; only when no job has that id (``lua/reject_job.lua``), and nothing
+        else (slots, queues) is touched. Returns ``rejected`` or ``exists``."""
         provider = keys.provider_of(job_id)
         if provider is None:
-            return
-        key = keys.job_key(job_id)
-        now_ms = int(time.time() * 1000)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "id", job_id)
-            pipe.hset(
-                key,
-                mapping={
-                    "provider": provider,
-                    "operation": str(body.get("operation", "")) if isinstance(body, dict) else "",
-                    "params": "{}",
-                    "state": State.FAILED.value,
-                    "message": f"invalid request: {message}",
-                    "error_type": "invalid_request",
-                    "created_ms": now_ms,
-                    "updated_ms": now_ms,
-                    "finished_ms": now_ms,
-                    "ended_by": "api",
-                },
+            return "exists"
+        operation = body.get("operation") if isinstance(body, dict) else None
+        fields = {
+            "id": job_id,
+            "provider": provider,
+            "operation": operation[:200] if isinstance(operation, str) else "",
+            "params": "{}",
+            "state": State.FAILED.value,
+            "message": f"invalid request: {message}",
+            "error_type": "invalid_request",
+            "ended_by": "api",
+        }
+        outcome = str(
+            await self.scripts.reject_job(
+                keys=[keys.job_key(job_id), keys.events_key(provider)],
+                args=[orjson.dumps(fields), int(self.settings.job_retention), EVENTS_MAXLEN],
             )
-            pipe.expire(key, int(self.settings.job_retention))
-            pipe.xadd(
-                keys.events_key(provider),
-                {"job": job_id, "state": "failed", "progress": "0", "account": "", "source": "api"},
-                maxlen=EVENTS_MAXLEN,
-                approximate=True,
-            )
-            await pipe.execute()
-        log.warning("job rejected", job_id=job_id, provider=provider, error=message)
+        )
+        log.warning("job rejected", job_id=job_id, provider=provider, error=message, outcome=outcome)
+        return outcome
 
     async def get(self, job_id: str) -> Job | None:
         if keys.provider_of(job_id) is None:
@@ -158,14 +151,26 @@ class JobStore:
         """Newest first; returns one page and the total count matching the filters."""
         providers = [provider] if provider else list(self.settings.providers())
         index_keys = [self._index_key(p, state) for p in providers]
+        start, stop = (page - 1) * limit, page * limit - 1
         async with self.client.pipeline(transaction=False) as pipe:
             for key in index_keys:
                 pipe.zcard(key)
-                pipe.zrevrange(key, 0, page * limit - 1, withscores=True)
-            results = await pipe.execute()
-        total = sum(results[0::2])
-        merged = sorted((entry for rows in results[1::2] for entry in rows), key=lambda e: -e[1])
-        ids = [job_id for job_id, _ in merged[(page - 1) * limit : page * limit]]
+            counts: list[int] = await pipe.execute()
+        total = sum(counts)
+        if start >= total:
+            return [], total  # past the end: nothing is read
+        if len(index_keys) == 1:
+            # One index: Redis pages it (O(log n + limit)), however deep the page.
+            rows = await self.client.zrevrange(index_keys[0], start, stop)
+            ids = list(rows)
+        else:
+            # Several: the top page*limit of each (bounded by what each holds), merged by score.
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, count in zip(index_keys, counts, strict=True):
+                    pipe.zrevrange(key, 0, min(stop, count - 1), withscores=True)
+                results = await pipe.execute()
+            merged = sorted((entry for rows in results for entry in rows), key=lambda e: -e[1])
+            ids = [job_id for job_id, _ in merged[start : stop + 1]]
         async with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(keys.job_key(job_id))

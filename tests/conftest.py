@@ -20,6 +20,7 @@ from daemon.services import Services, open_services
 from daemon.settings import Settings
 from emulator.app import create_app as create_emulator
 from emulator.config import EmulatorConfig
+from tests.harness.invariants import TEST_SECRET
 from tests.harness.processes import ProcessGroup
 
 USEAPI_TOKEN = "user:12345-useapi-test-token"
@@ -155,6 +156,9 @@ def process_env(
         "GENRELAY_RETRY_MAX": "0.2",
         "GENRELAY_QUEUE_POLL_DELAY": "0.02",
         "GENRELAY_LOG_FORMAT": "json",
+        # Redis keeps no secret: with a Redis other than the embedded server of GENRELAY_DATA_DIR, every
+        # process needs the same GENRELAY_SECRET.
+        "GENRELAY_SECRET": TEST_SECRET,
         **{f"LTX_KEY_{name.upper()}": key for name, key in API_KEYS.items()},
         "USEAPI_TOKEN": USEAPI_TOKEN,
         **{f"VYDRA_KEY_{name.upper()}": key for name, key in VYDRA_KEYS.items()},

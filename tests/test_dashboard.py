@@ -377,10 +377,14 @@ async def test_the_dashboard_shows_slots_and_progress_as_the_api_does(
         await check_finished_jobs(page, base, image_job)
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-        # A reload carries no token: the 401 page presents the one this tab kept, and the page is back.
+        # A reload carries no token: the 401 page fetches the dashboard with the one this tab kept, in a
+        # header; no address the browser requests (history, proxies) holds the token again.
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
         await page.reload()
         await page.wait_for_selector("#accounts [data-account]")
         await page.wait_for_function(
             "() => !location.search.includes('token') && document.body.dataset.refreshes >= 1"
         )
+        assert requested and not [url for url in requested if TOKEN in url], requested
     assert TOKEN not in repr(logs)

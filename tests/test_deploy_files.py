@@ -309,6 +309,7 @@ class ConfiguredRedis(EmbeddedRedis):
             str(self.binary),
             str(self.config),
             *("--port", str(port), "--bind", HOST, "--dir", str(self.data_dir)),
+            *("--unixsocket", str(self.socket_path), "--unixsocketperm", "700"),
             *("--logfile", str(self.data_dir / "redis.log"), "--pidfile", str(self.data_dir / "redis.pid")),
             *("--daemonize", "no"),
         ]

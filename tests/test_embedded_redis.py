@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,10 @@ def test_start_answers_ping_and_stop_leaves_nothing_behind(tmp_path: Path) -> No
     pid = embedded.pid
     assert pid is not None
     try:
-        assert url == f"redis://127.0.0.1:{embedded.port}/0"
+        assert url == f"unix://{data_dir.resolve()}/redis.sock?db=0"
         with redis.Redis.from_url(url) as client:
             assert client.ping() is True
-        assert read_state(data_dir) == {"pid": pid, "port": embedded.port, "url": url}
+        assert read_state(data_dir) == {"pid": pid, "port": None, "url": url}
         assert find_running(data_dir) == url
     finally:
         embedded.stop()
@@ -88,21 +89,27 @@ def test_second_run_finds_the_data_of_the_first(tmp_path: Path) -> None:
             assert client.hgetall("genrelay:job:1") == {"state": "queued"}
 
 
+def config_get(client: redis.Redis, server: EmbeddedRedis, name: str) -> str:
+    """CONFIG GET under the name the embedded server gave CONFIG."""
+    reply = client.execute_command(server.config_command, "GET", name)
+    return str(reply[1])
+
+
 def test_server_config_is_durable_and_never_evicts(server: EmbeddedRedis, tmp_path: Path) -> None:
     with redis.Redis.from_url(server.url, decode_responses=True) as client:
-        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
-        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
-        assert client.config_get("appendonly") == {"appendonly": "no"}  # the fixture switched AOF off
-        assert client.config_get("save") == {"save": ""}
-        assert client.config_get("bind") == {"bind": "127.0.0.1"}
-        assert client.config_get("dir") == {"dir": str((tmp_path / "data").resolve())}
+        assert config_get(client, server, "maxmemory-policy") == "noeviction"
+        assert config_get(client, server, "appendfsync") == "everysec"
+        assert config_get(client, server, "appendonly") == "no"  # the fixture switched AOF off
+        assert config_get(client, server, "save") == ""
+        assert config_get(client, server, "port") == "0"  # no TCP port
+        assert config_get(client, server, "dir") == str((tmp_path / "data").resolve())
 
 
 def test_appendonly_is_on_by_default(tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path, extra_config={"maxmemory": "64mb"}) as embedded:
         with redis.Redis.from_url(embedded.url, decode_responses=True) as client:
-            assert client.config_get("appendonly") == {"appendonly": "yes"}
-            assert client.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)}
+            assert config_get(client, embedded, "appendonly") == "yes"
+            assert config_get(client, embedded, "maxmemory") == str(64 * 1024 * 1024)
 
 
 def test_redis_url_starts_one_server_and_nested_use_shares_it(tmp_path: Path) -> None:
@@ -150,7 +157,7 @@ def test_state_file_naming_another_server_is_ignored(server: EmbeddedRedis, tmp_
     # pid and port were both reused.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    state = {"pid": os.getpid(), "port": server.port, "url": server.url}
+    state = {"pid": os.getpid(), "port": None, "url": server.url}
     (elsewhere / STATE_FILE).write_text(json.dumps(state))
     assert find_running(elsewhere) is None
 
@@ -239,3 +246,123 @@ def test_separate_processes_started_together_share_one_server(tmp_path: Path) ->
     assert [process.returncode for process in processes] == [0, 0]
     assert not pid_alive(pid)
     assert find_running(data_dir) is None
+
+
+# --- locked down: a unix socket in a 0700 dir, TCP only with a password, no CONFIG for others ----------
+
+OTHER_UID = 65534  # nobody
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_data_dir_socket_and_files_are_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)  # an existing, too open data dir is narrowed
+    with EmbeddedRedis(data_dir, port=0) as embedded:
+        with redis.Redis.from_url(embedded.url) as client:
+            client.set("genrelay:test", "x")
+            client.execute_command("BGREWRITEAOF")
+        assert mode(data_dir) == 0o700
+        assert mode(embedded.socket_path) & 0o077 == 0
+        for name in (
+            "appendonly.aof",
+            "redis.log",
+            "redis.pid",
+            "redis.conf",
+            "redis-password",
+            "redis-config-command",
+            STATE_FILE,
+            "embedded-redis.lock",
+        ):
+            assert mode(data_dir / name) == 0o600, name
+        # Secrets never on the command line, which every local user can read in ps.
+        cmdline = Path(f"/proc/{embedded.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert embedded.password is not None and embedded.password not in cmdline
+        assert embedded.config_command not in cmdline
+
+
+def test_no_tcp_port_unless_asked_for(server: EmbeddedRedis) -> None:
+    assert server.url.startswith("unix://")
+    with redis.Redis.from_url(server.url, decode_responses=True) as client:
+        listening = client.execute_command(server.config_command, "GET", "port")
+    assert listening == ["port", "0"]
+
+
+def test_the_tcp_port_refuses_clients_without_the_password(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "data", port=0, appendonly=False) as embedded:
+        with redis.Redis(host="127.0.0.1", port=embedded.port, socket_timeout=5) as anonymous:
+            with pytest.raises(redis.AuthenticationError):
+                anonymous.get("genrelay:secret")
+        with redis.Redis(host="127.0.0.1", port=embedded.port, password="guess", socket_timeout=5) as wrong:
+            with pytest.raises(redis.AuthenticationError):
+                wrong.ping()
+        with redis.Redis.from_url(embedded.tcp_url) as client:
+            assert client.ping() is True
+        assert (tmp_path / "data" / "redis-password").read_text() == embedded.password
+
+
+def test_config_debug_and_module_are_unavailable_to_clients(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "data", port=0, appendonly=False) as embedded:
+        for url in (embedded.url, embedded.tcp_url):
+            with redis.Redis.from_url(url) as client:
+                for command in (
+                    ("CONFIG", "SET", "dir", "/tmp"),
+                    ("DEBUG", "SLEEP", "0"),
+                    ("MODULE", "LIST"),
+                ):
+                    with pytest.raises(redis.ResponseError, match="unknown command"):
+                        client.execute_command(*command)
+        # genrelay's own start-up check uses the renamed command, which only the data dir's owner can read.
+        assert (tmp_path / "data" / "redis-config-command").read_text() == embedded.config_command
+
+
+def as_other_user(action: Callable[[], None]) -> int:
+    """Run ``action`` in a forked child that became ``nobody``; 13 when it hit a PermissionError."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            os.setgid(OTHER_UID)
+            os.setuid(OTHER_UID)
+            action()
+        except PermissionError:
+            code = 13
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="becoming another user needs root")
+def test_another_user_cannot_open_the_socket_or_the_files(server: EmbeddedRedis) -> None:
+    def connect_socket() -> None:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(str(server.socket_path))
+
+    assert as_other_user(connect_socket) == 13
+    # Nor read the data dir's files (the AOF, the configuration with the renamed CONFIG).
+    for name in ("redis.conf", "redis-config-command", "redis.log"):
+        assert as_other_user(lambda name=name: print((server.data_dir / name).read_text())) == 13, name
+
+
+FINDER = "import sys; from daemon.embedded_redis import find_running; print(find_running(sys.argv[1]))"
+
+
+def test_every_process_finds_the_server_without_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("GENRELAY_EMBEDDED_REDIS_PORT", "0")
+    with redis_url(None, data_dir) as url:
+        assert url.startswith("unix://") and "password=" in url
+        # Another process (a fresh interpreter) finds the same server from the data dir alone.
+        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+        found = subprocess.run(
+            [sys.executable, "-c", FINDER, str(data_dir)], capture_output=True, text=True, check=True, env=env
+        ).stdout.strip()
+        assert found == url
+        with redis.Redis.from_url(found) as client:
+            assert client.ping() is True

@@ -298,7 +298,7 @@ async def test_24_redis_blackholed_every_process_stays_up(stack: Callable[..., A
     """A shorter blackhole than the catalogue's 30 s (6 s) keeps the suite's budget; what matters is that
     replies stop coming, which a reply timeout and the proxy closing the broken connections cover."""
     s = await stack()
-    proxy = await FaultProxy("127.0.0.1", s.server.port).start()
+    proxy = await FaultProxy("127.0.0.1", s.server.port, password=s.server.password).start()
     try:
         # A task blocked on Redis for the whole blackhole must not hit arq's timeout: arq ends a
         # timed-out task for good (not retried), which would strand its job until the lease expires.
@@ -334,7 +334,7 @@ async def test_25_connection_reset_in_the_middle_of_script_calls(
     """Scripts reach Redis and run, then the connection dies before the reply: the client retries
     them. Retried scripts are idempotent: no slot counted twice, no transition applied twice."""
     s = await stack(appendonly=False)
-    proxy = await FaultProxy("127.0.0.1", s.server.port).start()
+    proxy = await FaultProxy("127.0.0.1", s.server.port, password=s.server.password).start()
     try:
         await s.spawn("worker", proxy.url)
         proxy.cut_scripts(15)
@@ -365,7 +365,7 @@ async def test_25_reset_after_the_submit_claim_ran_does_not_fail_the_job(
     the retry is the same attempt, not a worker that died mid-call, so the job is submitted once and
     completes."""
     s = await stack(appendonly=False)
-    proxy = await FaultProxy("127.0.0.1", s.server.port).start()
+    proxy = await FaultProxy("127.0.0.1", s.server.port, password=s.server.password).start()
     try:
         await s.spawn("worker", proxy.url)
         claim_sha = hashlib.sha1(script_source("claim_submit").encode()).hexdigest()
@@ -385,7 +385,7 @@ async def test_26_latency_on_the_redis_link_changes_nothing_but_speed(
 ) -> None:
     """C26: 200 ms on every Redis reply: every job still completes and the invariants hold."""
     s = await stack(appendonly=False)
-    proxy = await FaultProxy("127.0.0.1", s.server.port).start()
+    proxy = await FaultProxy("127.0.0.1", s.server.port, password=s.server.password).start()
     try:
         proxy.latency(200)
         await s.spawn("worker", proxy.url)

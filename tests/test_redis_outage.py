@@ -29,8 +29,8 @@ async def test_readyz_goes_503_while_redis_is_down_and_back_to_200(tmp_path: Pat
     settings = Settings.from_env(process_env(tmp_path, url, "http://127.0.0.1:9", {"a1": 1}))
     client = TestClient(TestServer(create_app(settings, url), host="127.0.0.1"))
     await client.start_server()
-    port = server.port
-    restarted = EmbeddedRedis(tmp_path / "redis", port=port, appendonly=True)
+    # The same data dir is the same unix socket, hence the same URL.
+    restarted = EmbeddedRedis(tmp_path / "redis", appendonly=True)
     try:
         assert (await client.get("/readyz")).status == 200
         server.stop()
@@ -40,7 +40,7 @@ async def test_readyz_goes_503_while_redis_is_down_and_back_to_200(tmp_path: Pat
         refused = await client.post("/v1/jobs", json=JOB)
         assert refused.status == 503
         assert (await refused.json())["code"] == 503
-        # Same port, same AOF: the data (accounts included) is back, and so is the web.
+        # Same socket, same AOF: the data (accounts included) is back, and so is the web.
         restarted.start()
         assert (await client.get("/readyz")).status == 200
         assert (await client.post("/v1/jobs", json=JOB)).status == 202

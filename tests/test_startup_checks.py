@@ -31,7 +31,12 @@ def start_redis(tmp_path: Path) -> Iterator[ServerFactory]:
     servers: list[EmbeddedRedis] = []
 
     def start(appendonly: bool = False, **config: str) -> str:
-        server = EmbeddedRedis(tmp_path / f"redis-{len(servers)}", appendonly=appendonly, extra_config=config)
+        server = EmbeddedRedis(
+            tmp_path / f"redis-{len(servers)}",
+            appendonly=appendonly,
+            extra_config=config,
+            lock_admin_commands=False,  # these tests change the configuration with CONFIG SET
+        )
         servers.append(server)
         return server.start()
 
@@ -110,7 +115,7 @@ async def test_a_redis_that_denies_config_is_warned_about_not_refused(
     await admin.execute_command(
         "ACL", "SETUSER", "app", "on", ">app-password", "~*", "&*", "+@all", "-config"
     )
-    client = await connect_to(url.replace("redis://", "redis://app:app-password@"))
+    client = await connect_to(url.replace("unix://", "unix://app:app-password@"))
     warnings = await check_redis(client, embedded=False)
     assert len(warnings) == 1
     assert warnings[0].startswith("COULD NOT CHECK")
@@ -124,7 +129,7 @@ def foreign_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
     if binary is None:
         pytest.skip("no redis-server on PATH besides the embedded one")
     monkeypatch.setattr("daemon.embedded_redis.embedded_server_binary", lambda: Path(binary))
-    server = EmbeddedRedis(tmp_path / "foreign", appendonly=False)
+    server = EmbeddedRedis(tmp_path / "foreign", appendonly=False, lock_admin_commands=False)
     server.start()
     monkeypatch.undo()  # the check itself must compare against the real embedded binary
     try:

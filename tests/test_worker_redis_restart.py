@@ -39,7 +39,7 @@ async def run_job(url: str, prompt: str) -> str:
 async def test_worker_outlives_a_redis_restart(tmp_path: Path, emulator: Emulator, daemon_processes) -> None:
     server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
     url = server.start()
-    restarted = EmbeddedRedis(tmp_path / "redis", port=server.port, appendonly=True)
+    restarted = EmbeddedRedis(tmp_path / "redis", appendonly=True)  # same data dir: same socket and URL
     try:
         env = process_env(tmp_path, url, emulator.url, ACCOUNTS, GENRELAY_POLL_INTERVAL="0.05")
         worker = await daemon_processes("worker", env, ready_line=STARTED)

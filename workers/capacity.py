@@ -26,6 +26,7 @@ from daemon.jobs import State, Update
 from daemon.providers import get_provider
 from daemon.providers.base import CapacityProvider, ProviderCapacity
 from daemon.slots import Reconciled
+from daemon.task_guard import arq_id, refuse
 from workers.runtime import RUNTIME, WorkerRuntime
 
 log = structlog.get_logger("genrelay.capacity")
@@ -128,6 +129,11 @@ async def fail_uncertain(runtime: WorkerRuntime, job_id: str, account: str) -> s
 async def sync_capacity(ctx: dict[str, Any], provider: str) -> int:
     """arq task: reconcile one provider now (asked for by a submit that got no answer, or a 429)."""
     runtime: WorkerRuntime = ctx[RUNTIME]
+    if provider not in runtime.services.settings.providers() or not arq_id(ctx).startswith(
+        f"capacity:{provider}:"
+    ):
+        await refuse(runtime.services.client, CAPACITY_TASK, ctx, "not scheduled by genrelay")
+        return 0
     return len(await sync_provider(runtime, provider))
 
 

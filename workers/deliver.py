@@ -36,6 +36,7 @@ from daemon.jobs import Job
 from daemon.providers.base import USER_AGENT, retry_after_seconds
 from daemon.settings import Settings
 from daemon.slots import ARQ_EXPIRY_MS
+from daemon.task_guard import arq_id, refuse
 from daemon.url_guard import UrlGuard, UrlRefused
 from workers.runtime import RUNTIME, WorkerRuntime
 
@@ -141,7 +142,13 @@ async def deliver_job(ctx: dict[str, Any], job_id: str, seq: int) -> str:
     runtime: WorkerRuntime = ctx[RUNTIME]
     sender: DeliverySender = ctx[DELIVERY_SENDER]
     client = runtime.services.client
+    # notify_app (lua/lib.lua) and a replay schedule it as 'deliver:<job id>:<seq>' for a transition
+    # the job has had; anything else was not scheduled by genrelay.
+    if not isinstance(seq, int) or isinstance(seq, bool) or arq_id(ctx) != f"deliver:{job_id}:{seq}":
+        return await refuse(client, "deliver_job", ctx, "not scheduled by genrelay")
     job = await runtime.services.store.get(job_id)
+    if job is not None and not 0 <= seq <= int(job.fields.get("seq") or 0):
+        return await refuse(client, "deliver_job", ctx, "the job has had no such transition")
     if job is None:
         log.warning("delivery dropped: the job is gone (expired after its retention)", job_id=job_id, seq=seq)
         return "missing"

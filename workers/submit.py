@@ -23,6 +23,7 @@ from daemon.keys import provider_of
 from daemon.metrics import count_submit_outcomes
 from daemon.providers import get_provider, webhook_provider
 from daemon.store import SubmitClaim
+from daemon.task_guard import arq_id, refuse
 from workers.capacity import fail_uncertain, lists_reply_refs, request_reconcile
 from workers.provider_cancel import stop_at_provider
 from workers.runtime import RUNTIME, WorkerRuntime
@@ -35,6 +36,10 @@ log = structlog.get_logger("genrelay.submit")
 async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
     runtime: WorkerRuntime = ctx[RUNTIME]
     store = runtime.services.store
+    # Scheduled by the slot scripts (lua/lib.lua enqueue_submit) as 'submit:<job id>:<ms>'; the claim
+    # script then checks the job holds a live lease.
+    if provider_of(job_id) is None or not arq_id(ctx).startswith(f"submit:{job_id}:"):
+        return await refuse(runtime.services.client, "submit_job", ctx, "not scheduled by genrelay")
     # Redis blips are waited out inside the attempt (see until_redis_answers), with one token for
     # the attempt so that a claim resent after a lost reply is not taken for a dead worker's.
     hold_s = runtime.services.settings.job_timeout / 2
@@ -188,5 +193,10 @@ async def _dispatch_when_cooled(ctx: dict[str, Any], provider: str, until_ms: in
 async def dispatch_waiting(ctx: dict[str, Any], provider: str) -> int:
     """Give every free slot of ``provider`` to its waiting jobs (after a cooldown ends)."""
     runtime: WorkerRuntime = ctx[RUNTIME]
+    if provider not in runtime.services.settings.providers() or not arq_id(ctx).startswith(
+        f"dispatch:{provider}:"
+    ):
+        await refuse(runtime.services.client, "dispatch_waiting", ctx, "not scheduled by genrelay")
+        return 0
     expired = await runtime.services.slots.sweep(provider, limit=0)
     return len(expired)

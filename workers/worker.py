@@ -17,6 +17,7 @@ from daemon.metrics import start_worker_metrics
 from daemon.redis_connection import client_options
 from daemon.services import open_services
 from daemon.settings import Settings
+from daemon.task_guard import task_deserializer
 from workers.accept import accept_job
 from workers.capacity import CAPACITY_TASK, capacity_forever, sync_capacity
 from workers.deliver import DELIVERY_SENDER, DeliverySender, deliver_job
@@ -35,6 +36,17 @@ def health_check_key(worker_name: str) -> str:
     return f"{keys.ARQ_QUEUE}:health-check:{worker_name}"
 
 
+# Every task a worker runs; anything else in the queue is malformed.
+TASKS = (
+    "submit_job",
+    "accept_job",
+    "cancel_at_provider",
+    "dispatch_waiting",
+    CAPACITY_TASK,
+    "deliver_job",
+)
+
+
 def job_serializer(value: Any) -> bytes:
     return orjson.dumps(value)
 
@@ -46,7 +58,10 @@ def job_deserializer(data: bytes) -> Any:
 def arq_pool(redis_url: str) -> ArqRedis:
     """arq's Redis client with our client options: arq's own has no reply timeout, so one command
     sent into a network partition would stall the worker's poll loop for good."""
-    pool: ArqRedis = ArqRedis.from_url(redis_url, **client_options(decode_responses=False))
+    options = client_options(decode_responses=False)
+    if redis_url.startswith("unix:"):
+        options.pop("socket_keepalive", None)  # a TCP option (the embedded server's socket is unix)
+    pool: ArqRedis = ArqRedis.from_url(redis_url, **options)
     pool.job_serializer = job_serializer
     pool.job_deserializer = job_deserializer
     pool.default_queue_name = keys.ARQ_QUEUE
@@ -107,7 +122,9 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         on_startup=startup,
         on_shutdown=shutdown,
         job_serializer=job_serializer,
-        job_deserializer=job_deserializer,
+        # A payload it cannot run reaches accept_job as malformed (daemon/task_guard.py), never an
+        # exception arq would only log.
+        job_deserializer=task_deserializer(TASKS),
         keep_result=0,
         max_jobs=settings.worker_concurrency,
         poll_delay=settings.queue_poll_delay,

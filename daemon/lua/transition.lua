@@ -18,7 +18,11 @@
 -- The terminal transition releases the slot (exactly once: the lease member is the job id) and
 -- hands it to the next waiting job in this same script.
 -- Returns {outcome, state[, account]}: outcome is applied | duplicate | stale | terminal |
--- no_artifact | confirming | missing.
+-- no_artifact | confirming | missing | conflict | not_submitted.
+-- Job identity is set once: 'provider_job_id' is written by the submit (or the capacity sync's
+-- adoption, reconcile.lua), never by a callback and never rewritten. A callback naming another
+-- provider job ('conflict') or reaching a job that was never submitted ('not_submitted') changes
+-- nothing at all.
 --
 -- Assets: ARGV[5] is the JSON of the asset fields read from the artifact (type, url, mime,
 -- expires_ms, ...) when the update carries one, ARGV[6] the asset retention (ms). The 'completed'
@@ -38,6 +42,16 @@ local poll_ms = tonumber(ARGV[3])
 local source = ARGV[4]
 if RANK[new] == nil then return redis.error_reply('unknown state ' .. tostring(new)) end
 if RANK[cur] == 3 then return {'terminal', cur} end
+-- Identity checks (see the header): before anything is written.
+local has_pid = u.provider_job_id ~= nil and u.provider_job_id ~= cjson.null and u.provider_job_id ~= ''
+if source == 'callback' then
+  if cur == 'queued' then return {'not_submitted', cur} end
+  if has_pid and rec[6] and rec[6] ~= '' and rec[6] ~= u.provider_job_id then return {'conflict', cur} end
+end
+if source == 'callback' or (rec[6] and rec[6] ~= '') then
+  u.provider_job_id = nil
+  has_pid = false
+end
 local job_poll_ms = tonumber(rec[3] or '')
 if job_poll_ms and poll_ms > 0 then poll_ms = job_poll_ms end
 local confirming = false
@@ -95,7 +109,7 @@ if new == cur and (new ~= 'active' or progress <= cur_progress) then
   if type(u.fields) == 'table' then
     for k, v in pairs(u.fields) do redis.call('HSET', JOB_KEY, k, v) end
   end
-  if u.provider_job_id and u.provider_job_id ~= cjson.null and not rec[6] then
+  if has_pid then
     redis.call('HSET', JOB_KEY, 'provider_job_id', u.provider_job_id)
   end
   sign_of_life()
@@ -134,7 +148,7 @@ if RANK[new] == 3 then
     local a = cjson.decode(ARGV[5])
     local jf = redis.call('HMGET', JOB_KEY, 'provider', 'operation')
     a.provider, a.workflow, a.account, a.job_id = jf[1], jf[2], account, job
-    a.provider_job_id = (u.provider_job_id ~= nil and u.provider_job_id ~= cjson.null) and u.provider_job_id or rec[6]
+    a.provider_job_id = has_pid and u.provider_job_id or rec[6]
     a.created_ms, a.source = tostring(NOW), 'job'
     local asset_keys = FIXED + N + 1
     put_asset(KEYS[asset_keys + 1], KEYS[asset_keys + 2], a, tonumber(ARGV[6]), NOW, 'job')

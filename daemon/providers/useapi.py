@@ -11,6 +11,7 @@ them all and reads what differs from its service's entry in ``daemon/providers/u
 from __future__ import annotations
 
 import asyncio
+import math
 import mimetypes
 import time
 from collections.abc import Mapping
@@ -107,7 +108,11 @@ def parse_status(body: Mapping[str, Any], *, confirm: bool = False) -> Update:
     status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
     kind = status.get("type")
     progress = status.get("progress")
-    progress = int(progress) if isinstance(progress, int | float) and not isinstance(progress, bool) else None
+    # Clamped here: a provider's "1e308" must not become a 300-digit integer on its way to Redis.
+    if isinstance(progress, int | float) and not isinstance(progress, bool) and math.isfinite(progress):
+        progress = max(0, min(100, int(progress)))
+    else:
+        progress = None
     message = status.get("message") if isinstance(status.get("message"), str) else None
     provider_job_id = body.get("jobId") if isinstance(body.get("jobId"), str) else None
     if kind == "completed":
@@ -198,9 +203,9 @@ def _progress(service: UseapiService, body: Mapping[str, Any]) -> int | None:
         )
     except ValueError:
         number = None
-    if number is None:
+    if number is None or not math.isfinite(number):
         return None
-    return max(0, min(99, int(100 * number / service.progress_scale)))
+    return max(0, min(99, int(100 * min(max(number, 0.0), service.progress_scale) / service.progress_scale)))
 
 
 def _walk(body: Any, path: tuple[str | int, ...]) -> Any:

@@ -15,6 +15,7 @@ the accounts file (``requests_per_minute``, ``rate_window_seconds``) or from vyd
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -115,7 +116,9 @@ def _text(value: Any) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def result_url(body: Mapping[str, Any]) -> tuple[str, str | None, str | None] | None:

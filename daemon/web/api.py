@@ -18,6 +18,7 @@ from aiohttp import hdrs, web
 
 from daemon import cancellation
 from daemon.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from daemon.input_limits import check_json
 from daemon.jobs import JobRequest, State
 from daemon.services import Services
 from daemon.store import MAX_PAGE_SIZE
@@ -39,7 +40,9 @@ routes = web.RouteTableDef()
 async def create_job(request: web.Request) -> web.Response:
     """Queue a job: ``202 {"jobId", "created": true}`` for a new job, ``200 {"jobId", "created":
     false}`` when its ``requestId`` was seen before (the existing job; nothing is queued twice)."""
-    job_request = JobRequest.from_json(await read_json(request))
+    body = await read_json(request)
+    check_json(body, "the job request")
+    job_request = JobRequest.from_json(body)
     created = await request.app[SERVICES].store.create(job_request)
     status = 202 if created.created else 200
     return json_response({"jobId": created.job_id, "created": created.created}, status=status)

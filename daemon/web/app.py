@@ -21,8 +21,9 @@ from daemon.services import open_services
 from daemon.settings import Settings
 from daemon.web.api import MAX_BODY_BYTES, SERVICES, routes
 from daemon.web.assets import routes as asset_routes
-from daemon.web.auth import bearer_auth
+from daemon.web.auth import bearer_auth, host_check
 from daemon.web.callbacks import routes as callback_routes
+from daemon.web.connections import HeadTimeoutRunner
 from daemon.web.dashboard import routes as dashboard_routes
 from daemon.web.errors import error_middleware, loggable_path
 from daemon.web.openapi import openapi_json
@@ -43,10 +44,18 @@ access_log = structlog.get_logger("genrelay.access")
 
 def create_app(settings: Settings, redis_url: str) -> web.Application:
     """Build the web application; its services open on startup and close on cleanup."""
+    guard = (
+        bearer_auth(settings.api_tokens)
+        if settings.api_tokens
+        else host_check(settings.public_url, exempt=PROBE_PATHS)
+    )
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        # Without tokens the API is open (loopback only): no auth middleware to pass through.
-        middlewares=[error_middleware, *([bearer_auth(settings.api_tokens)] if settings.api_tokens else [])],
+        middlewares=[
+            error_middleware,
+            # Without tokens the API is open: only requests naming a loopback or the public host pass.
+            guard,
+        ],
     )
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url
@@ -130,8 +139,10 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in handled:  # installed first, so a signal during start-up is not lost
         loop.add_signal_handler(signum, stopped.set)
-    runner = web.AppRunner(
+    runner = HeadTimeoutRunner(
         create_app(settings, redis_url),
+        head_timeout=settings.head_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
         access_log_class=AccessLogger,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
     )

@@ -15,7 +15,8 @@ import time
 import structlog
 from aiohttp import web
 
-from daemon.errors import InvalidRequest, NotFound, PayloadTooLarge
+from daemon.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from daemon.input_limits import artifact_url_problem, check_json
 from daemon.providers import webhook_provider
 from daemon.web.api import SERVICES, read_json_with_bytes
 from daemon.web.errors import json_response
@@ -32,6 +33,11 @@ BAD_TOKEN = "unknown callback URL: the token is not valid for this provider"
 REPEAT_WINDOW_S = 30.0
 REPEAT_CACHE_SIZE = 50_000
 _recent: dict[bytes, float] = {}
+# Outcomes of the transition script that refuse a callback (see lua/transition.lua): 409, no change.
+REFUSED = {
+    "conflict": "the callback names another provider job than the one this job was submitted as",
+    "not_submitted": "the job was never submitted to the provider: a callback for it changes nothing",
+}
 
 
 def _seen_recently(fingerprint: bytes, now: float) -> bool:
@@ -64,7 +70,11 @@ async def receive_callback(request: web.Request) -> web.Response:
         return json_response({"received": True, "outcome": "duplicate"})
     if not isinstance(body, dict):
         raise InvalidRequest("the callback body must be a JSON object")
+    check_json(body, "the callback body")
     reply_ref, update = adapter.parse_callback(body, confirm=services.settings.callback_confirm)
+    problem = artifact_url_problem(update.artifact) if update.artifact is not None else None
+    if problem is not None:
+        raise InvalidRequest(f"the callback cannot be used: {problem}")
     if reply_ref is None:
         # Providers whose body carries no reference of ours (vydra) get it in the URL's query.
         reply_ref = request.query.get("ref") or None
@@ -76,6 +86,16 @@ async def receive_callback(request: web.Request) -> web.Response:
         raise NotFound(BAD_TOKEN)
     poll_ms = int(services.settings.poll_interval * 1000)
     outcome = await services.store.apply(job_id, update, source="callback", poll_in_ms=poll_ms)
+    if outcome in REFUSED:
+        # Nothing was written; a repeat gets the same answer (not remembered as a duplicate).
+        log.warning(
+            "callback refused",
+            job_id=job_id,
+            provider=provider,
+            outcome=outcome,
+            callback_provider_job_id=update.provider_job_id,
+        )
+        raise Conflict(REFUSED[outcome])
     _remember(fingerprint, now)
     log.info("callback", job_id=job_id, provider=provider, state=update.state.value, outcome=outcome)
     # After the job's retention its record is gone: a late callback is a 2xx no-op, so the

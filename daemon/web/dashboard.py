@@ -48,11 +48,12 @@ def _csp_hash(inline: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode() + "'"
 
 
-def _security_headers(script: str) -> dict[str, str]:
-    """Only our own inline script and style run (by hash), so a provider's message or URL shown on
+def _security_headers(*scripts: str) -> dict[str, str]:
+    """Only our own inline scripts and style run (by hash), so a provider's message or URL shown on
     the page cannot inject any; images may come from anywhere (artifact thumbnails)."""
+    allowed = " ".join(_csp_hash(script) for script in scripts)
     policy = (
-        f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(_STYLE)}; "
+        f"default-src 'none'; script-src {allowed}; style-src {_csp_hash(_STYLE)}; "
         "img-src http: https:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
         "frame-ancestors 'none'"
     )
@@ -71,9 +72,10 @@ async def dashboard(request: web.Request) -> web.Response:
     tokens = services.settings.api_tokens
     if tokens and not _token_presented(request, tokens):
         page = _LOGIN.substitute(style=_STYLE, script=_LOGIN_SCRIPT)
-        return web.Response(
-            text=page, status=401, content_type="text/html", headers=_security_headers(_LOGIN_SCRIPT)
-        )
+        # The login script shows the dashboard in its own document (fetched with the kept token in a
+        # header, never in the address), so the dashboard's script must be allowed to run there too.
+        headers = _security_headers(_LOGIN_SCRIPT, _DASHBOARD_SCRIPT)
+        return web.Response(text=page, status=401, content_type="text/html", headers=headers)
     capacity = await services.slots.capacity()
     active, active_total = await services.store.list_jobs(
         state="active", provider=None, page=1, limit=MAX_PAGE_SIZE

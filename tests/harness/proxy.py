@@ -52,8 +52,9 @@ class _Link:
 class FaultProxy:
     """Listens on a free loopback port and forwards to ``upstream_host:upstream_port``."""
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, *, password: str | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.password = password
         self.mode = "pass"
         self.latency_s = 0.0
         self.stats = ProxyStats()
@@ -65,7 +66,8 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)

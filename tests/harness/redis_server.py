@@ -1,5 +1,6 @@
 """A throwaway redis-server for fault scenarios: the embedded binary (``daemon.embedded_redis.EmbeddedRedis``)
-on a port that stays the same across restarts, so processes pointed at it find it again.
+on a TCP port (with its generated password) that stays the same across restarts, so processes pointed at
+it, directly or through a ``FaultProxy``, find it again.
 
 ``restart()`` is a graceful SHUTDOWN (the AOF is fsynced) and a start on the same port and data dir;
 ``kill()`` is ``kill -9`` (what the last second of ``appendfsync everysec`` did not write is lost);
@@ -28,6 +29,8 @@ class RedisServer:
         self.appendonly = appendonly
         self.config = dict(config or {})
         self._port: int | None = None
+        self._password: str | None = None
+        self._config_command = "CONFIG"
         self._server: EmbeddedRedis | None = None
         self.starts = 0
 
@@ -39,7 +42,13 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"redis://:{self.password}@{HOST}:{self.port}/0"
+
+    @property
+    def password(self) -> str:
+        if self._password is None:
+            raise RuntimeError("the server was never started")
+        return self._password
 
     @property
     def pid(self) -> int | None:
@@ -48,10 +57,12 @@ class RedisServer:
     def start(self) -> str:
         """Start the server (on the port of the first start, once it had one) and wait for PING."""
         self._server = EmbeddedRedis(
-            self.data_dir, port=self._port, appendonly=self.appendonly, extra_config=self.config
+            self.data_dir, port=self._port or 0, appendonly=self.appendonly, extra_config=self.config
         )
         self._server.start()
         self._port = self._server.port
+        self._password = self._server.password
+        self._config_command = self._server.config_command
         self.starts += 1
         return self.url
 
@@ -76,9 +87,11 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client straight to the server (never through a proxy)."""
-        return redis.Redis(host=HOST, port=self.port, decode_responses=True, socket_timeout=5)
+        return redis.Redis(
+            host=HOST, port=self.port, password=self.password, decode_responses=True, socket_timeout=5
+        )
 
     def config_set(self, name: str, value: str) -> None:
         with self.client() as client:
-            client.config_set(name, value)
+            client.execute_command(self._config_command, "SET", name, value)
         self.config[name] = value
