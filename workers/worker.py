@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from daemon import keys
 from daemon.deliveries import signing_secret
-from daemon.metrics import start_worker_metrics
+from daemon.metrics import count_delivery_outcomes, start_worker_metrics
 from daemon.redis_connection import client_for, connect
 from daemon.services import open_services
 from daemon.settings import Settings
@@ -98,7 +98,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             func(retry_when_redis_unreachable(sync_capacity), name=CAPACITY_TASK, max_tries=3),
             # Tries are counted in Redis (workers/deliver.py); the timeout lets ours fire first.
             func(
-                retry_when_redis_unreachable(deliver_job),
+                retry_when_redis_unreachable(count_delivery_outcomes(deliver_job)),
                 name="deliver_job",
                 max_tries=settings.delivery_max_tries + 5,
                 timeout=settings.delivery_timeout + 5,
