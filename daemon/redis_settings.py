@@ -74,9 +74,9 @@ def _tls_query(reader: _Reader) -> dict[str, str]:
     return query
 
 
-def _userinfo(reader: _Reader, prefix: str = "REDIS") -> str:
-    user = reader.env.get(f"GENRELAY_{prefix}_USERNAME", "").strip()
-    password = reader.env.get(f"GENRELAY_{prefix}_PASSWORD", "")
+def _userinfo(reader: _Reader) -> str:
+    user = reader.text("REDIS_USERNAME") or ""
+    password = reader.env.get("GENRELAY_REDIS_PASSWORD", "")
     if not password:
         return f"{quote(user, safe='')}@" if user else ""
     return f"{quote(user, safe='')}:{quote(password, safe='')}@"

@@ -215,7 +215,9 @@ def test_the_kustomization_builds() -> None:
 
 def known_settings() -> set[str]:
     """Every GENRELAY_* variable genrelay reads: the Settings fields and any literal in the code."""
-    source = (ROOT / "daemon" / "settings.py").read_text()
+    source = (ROOT / "daemon" / "settings.py").read_text() + (
+        ROOT / "daemon" / "redis_settings.py"
+    ).read_text()
     names = {"GENRELAY_" + suffix for suffix in re.findall(r'reader\.\w+\(\s*"([A-Z0-9_]+)"', source)}
     for path in [*ROOT.joinpath("daemon").rglob("*.py"), *ROOT.joinpath("workers").rglob("*.py")]:
         names |= set(re.findall(r'"(GENRELAY_[A-Z0-9_]+)"', path.read_text()))
@@ -250,8 +252,11 @@ def test_deploy_files_name_only_settings_genrelay_reads() -> None:
 
 def test_env_example_lists_every_setting() -> None:
     """deploy/env.example stays in step with Settings: every variable it reads is listed there."""
-    source = (ROOT / "daemon" / "settings.py").read_text()
+    source = (ROOT / "daemon" / "settings.py").read_text() + (
+        ROOT / "daemon" / "redis_settings.py"
+    ).read_text()
     settings = {"GENRELAY_" + suffix for suffix in re.findall(r'reader\.\w+\(\s*"([A-Z0-9_]+)"', source)}
+    settings |= set(re.findall(r'"(GENRELAY_REDIS_[A-Z0-9_]+)"', source))
     listed = set(re.findall(r"^#?(GENRELAY_[A-Z0-9_]+)=", (DEPLOY / "env.example").read_text(), re.M))
     assert len(settings) > 20
     assert not settings - listed, f"add to deploy/env.example: {sorted(settings - listed)}"
