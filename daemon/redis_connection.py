@@ -43,7 +43,12 @@ import hiredis
 import redis.asyncio
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -106,6 +111,16 @@ class HiredisPackingSentinelConnection(_HiredisPacking, SentinelManagedConnectio
 
 class HiredisPackingSentinelSSLConnection(_HiredisPacking, SentinelManagedSSLConnection):  # type: ignore[misc]
     """TLS to whichever node the sentinels name the primary."""
+
+
+class _SentinelPool(SentinelConnectionPool):  # type: ignore[misc]
+    """Closing the client also closes its connections to the sentinels (redis-py leaves them open)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # the client closes; a failover's disconnect keeps in-use connections
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.connection_pool.disconnect()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +260,11 @@ def client_for(
             HiredisPackingSentinelSSLConnection if target.tls else HiredisPackingSentinelConnection
         )
         client: R = sentinel.master_for(
-            target.master, redis_class=redis_class, connection_class=connection_class, **options
+            target.master,
+            redis_class=redis_class,
+            connection_pool_class=_SentinelPool,
+            connection_class=connection_class,
+            **options,
         )
         return client
     if target.scheme == "unix":

@@ -56,8 +56,8 @@ class SentinelCluster:
         return ",".join(f"{HOST}:{port}" for port in self.sentinels)
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.directory / f"{name}.log").open("ab")
-        return subprocess.Popen([self.binary, *args], stdout=log, stderr=subprocess.STDOUT)
+        with (self.directory / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
+            return subprocess.Popen([self.binary, *args], stdout=log, stderr=subprocess.STDOUT)
 
     def _start_node(self, port: int, extra: list[str]) -> None:
         data = self.directory / f"node-{port}"
