@@ -91,6 +91,8 @@ def _with_settings(url: str, reader: _Reader) -> str:
     netloc = parts.netloc
     if "@" not in netloc:
         netloc = _userinfo(reader) + netloc
+    if netloc == parts.netloc and query == dict(parse_qsl(parts.query)):
+        return url  # as written (urlunsplit would shorten unix:///path to unix:/path)
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
 
 

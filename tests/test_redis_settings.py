@@ -84,3 +84,12 @@ def test_bad_redis_settings_name_the_variable(tmp_path: Path, env: dict[str, str
     with pytest.raises(SettingsError) as caught:
         settings(tmp_path, **env)
     assert expected in str(caught.value)
+
+
+def test_a_url_the_settings_add_nothing_to_stays_as_written(tmp_path: Path) -> None:
+    for url in (
+        "unix:///run/redis.sock",
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@h:6380/0?ssl_cert_reqs=none",
+    ):
+        assert settings(tmp_path, GENRELAY_REDIS_URL=url).redis_url == url
