@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from arq import Retry
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -39,8 +39,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("genrelay.metrics")
 
 WORKER_METRICS_PORT_ENV = "GENRELAY_WORKER_METRICS_PORT"
-CALLBACK_OUTCOMES = ("applied", "duplicate", "rejected")
-DELIVERY_OUTCOMES = ("delivered", "retried", "gave_up")
+# applied: the update moved the job; duplicate: a repeat that changed nothing; ignored: the job had
+# moved past it (or its record is gone); rejected: refused (bad token, bad body).
+CALLBACK_OUTCOMES = ("applied", "duplicate", "ignored", "rejected")
+# retried: the attempt failed and runs again later; dead_letter: no try left, or the URL was refused.
+DELIVERY_OUTCOMES = ("delivered", "retried", "dead_letter")
+# provider: a provider answered 429; budget: our own request budget for the account was used up.
+RATE_LIMIT_KINDS = ("provider", "budget")
 # A scrape must answer even when Redis is blackholed (the client has no read timeout); Prometheus's
 # default scrape timeout is 10 s, so 2 s leaves room for the rest of the answer.
 REDIS_READ_TIMEOUT_S = 2.0
@@ -50,6 +55,9 @@ PROVIDER_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 POLL_LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # The 0.0.4 text format: every Prometheus version reads it, and our names need nothing newer.
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+# A counter's `_created` series doubles what a scrape carries and no dashboard or alert reads it.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class ProcessMetrics:
@@ -91,8 +99,26 @@ class ProcessMetrics:
         )
         self.deliveries = Counter(
             "genrelay_deliveries",
-            "Notifications POSTed to apps' replyUrl, by outcome (delivered, retried, gave_up).",
+            "Attempts to POST a notification to an app's replyUrl, by outcome "
+            "(delivered, retried, dead_letter).",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "genrelay_dead_letters",
+            "Deliveries that became dead letters (genrelay deliveries lists them).",
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "genrelay_rate_limited",
+            "Provider requests refused for rate: by the provider's 429 or by our own request budget.",
+            ["provider", "kind"],
+            registry=self.registry,
+        )
+        self.lease_expiries = Counter(
+            "genrelay_lease_expiries",
+            "Jobs the sweep failed as timed out because their lease expired (no sign of life).",
+            ["provider"],
             registry=self.registry,
         )
         ProcessCollector(registry=self.registry)
@@ -105,12 +131,29 @@ class ProcessMetrics:
         for provider in providers:
             for outcome in CALLBACK_OUTCOMES:
                 self.callbacks.labels(provider, outcome)
+            for kind in RATE_LIMIT_KINDS:
+                self.rate_limited.labels(provider, kind)
+            self.lease_expiries.labels(provider)
         for outcome in DELIVERY_OUTCOMES:
             self.deliveries.labels(outcome)
 
     def observe_provider_request(self, provider: str, method: str, status: str, seconds: float) -> None:
         self.provider_requests.labels(provider, method, status).inc()
         self.provider_request_seconds.labels(provider, method).observe(seconds)
+        if status == "429":
+            self.rate_limited.labels(provider, "provider").inc()
+
+    def count_callback(self, provider: str, outcome: str) -> None:
+        """One callback; ``outcome`` is the store's (applied, duplicate, ...) or 'rejected'."""
+        if outcome not in CALLBACK_OUTCOMES:
+            outcome = "ignored"
+        self.callbacks.labels(provider, outcome).inc()
+
+    def count_delivery(self, outcome: str) -> None:
+        if outcome in DELIVERY_OUTCOMES:
+            self.deliveries.labels(outcome).inc()
+        if outcome == "dead_letter":
+            self.dead_letters.inc()
 
     def observe_poll_lateness(self, provider: str, lateness_ms: int) -> None:
         self.poll_lateness_seconds.labels(provider).observe(lateness_ms / 1000)
@@ -142,6 +185,30 @@ def count_submit_outcomes(task: SubmitTask) -> SubmitTask:
             raise
         finally:
             METRICS.submit_outcomes.labels(keys.provider_of(job_id) or "unknown", outcome).inc()
+
+    return counted
+
+
+class DeliverTask(Protocol):
+    """The signature of ``workers.deliver.deliver_job``."""
+
+    __qualname__: str
+
+    def __call__(self, ctx: dict[str, Any], job_id: str, seq: int) -> Coroutine[Any, Any, str]: ...
+
+
+def count_delivery_outcomes(task: DeliverTask) -> DeliverTask:
+    """Count each delivery attempt by how it went ('retried' when arq will run it again)."""
+
+    @functools.wraps(task)
+    async def counted(ctx: dict[str, Any], job_id: str, seq: int) -> str:
+        try:
+            outcome = await task(ctx, job_id, seq)
+        except Retry:
+            METRICS.count_delivery("retried")
+            raise
+        METRICS.count_delivery(outcome)
+        return outcome
 
     return counted
 
@@ -188,6 +255,7 @@ class RedisStateCollector:
                 pipe.zrangebyscore(pk.cooldown, f"({now_ms}", "+inf")
                 for account in accounts:
                     pipe.zcount(keys.lease_key(provider, account), now_ms, "+inf")
+            pipe.zcard(keys.ARQ_QUEUE)
             results: list[Any] = await pipe.execute()
         return results
 
@@ -200,7 +268,7 @@ class RedisStateCollector:
         )
         per_account = ["provider", "account"]
         busy = GaugeMetricFamily("genrelay_slots_busy", "Slots held by a live lease.", labels=per_account)
-        total = GaugeMetricFamily("genrelay_slots_total", "The account's maxJobs.", labels=per_account)
+        total = GaugeMetricFamily("genrelay_slots_max", "The account's maxJobs.", labels=per_account)
         cooling = GaugeMetricFamily(
             "genrelay_account_cooling_down", "1 while a 429 cools the account down.", labels=per_account
         )
@@ -221,7 +289,11 @@ class RedisStateCollector:
                 total.add_metric(labels, int(max_jobs.get(account, 0)))
                 cooling.add_metric(labels, int(account in cooling_names))
                 disabled.add_metric(labels, int(account in disabled_names))
-        return [jobs, queue, busy, total, cooling, disabled]
+        backlog = GaugeMetricFamily(
+            "genrelay_arq_queue_depth", "Tasks on the arq queue (due or deferred), all providers together."
+        )
+        backlog.add_metric([], next(rows))
+        return [jobs, queue, busy, total, cooling, disabled, backlog]
 
 
 async def render_web_metrics(client: aioredis.Redis, settings: Settings) -> bytes:

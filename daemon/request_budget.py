@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from daemon import keys
 from daemon.accounts_file import Account
 from daemon.errors import ProviderAction, ProviderError
+from daemon.metrics import METRICS
 from daemon.scripts import Scripts
 
 POLL_SHARE = 0.7  # status polls
@@ -68,6 +69,8 @@ class BudgetExhausted(ProviderError):
         )
         self.wait_s = wait_s
         self.window_s = window_s
+        # Made only to be raised in place of a request: each one is a refusal for rate, like a 429.
+        METRICS.rate_limited.labels(provider, "budget").inc()
 
 
 class RequestBudget:

@@ -10,7 +10,7 @@ import structlog
 
 from daemon.callback_tokens import CallbackTokens
 from daemon.embedded_redis import config_command
-from daemon.redis_connection import connect
+from daemon.redis_connection import BACKGROUND, Timeouts, connect
 from daemon.scripts import Scripts
 from daemon.secret_store import resolve_secret
 from daemon.settings import Settings
@@ -43,7 +43,12 @@ def _tokens(current: str, previous: str | None) -> CallbackTokens:
 
 
 async def open_services(
-    settings: Settings, redis_url: str, *, sync_accounts: bool = True, embedded: bool | None = None
+    settings: Settings,
+    redis_url: str,
+    *,
+    sync_accounts: bool = True,
+    embedded: bool | None = None,
+    timeouts: Timeouts = BACKGROUND,
 ) -> Services:
     """Connect, check the Redis configuration, load the scripts and (by default) the accounts into Redis.
 
@@ -53,11 +58,13 @@ async def open_services(
         sync_accounts: Write the accounts of ``settings`` into Redis.
         embedded: Whether ``redis_url`` is genrelay's embedded server (its persistence is not warned
             about); ``None`` asks the server (see :func:`~daemon.startup_checks.runs_embedded_binary`).
+        timeouts: How long a command may take (the web uses ``REQUEST_PATH``: a request answers 503
+            within 5 s when Redis is unreachable).
 
     Raises:
         SettingsError: Redis evicts keys (``maxmemory-policy`` is not ``noeviction``).
     """
-    client = await connect(redis_url)
+    client = await connect(redis_url, timeouts=timeouts)
     try:
         await check_redis_config(client, embedded=embedded, config_command=config_command(settings.data_dir))
         scripts = Scripts.register(client)

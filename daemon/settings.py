@@ -23,10 +23,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from daemon.accounts_file import DEFAULT_BASE_URLS, Account, http_url_problem, load_accounts
 from daemon.errors import SettingsError
+from daemon.redis_settings import mask_url, redis_url_from_env, url_secrets
 
 __all__ = ["Settings"]
 
@@ -36,7 +37,6 @@ DEFAULT_DATA_DIR = "./var"
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 _N = TypeVar("_N", int, float)
 
 
@@ -47,7 +47,10 @@ class Settings:
     Build it with :meth:`from_env`; see ``deploy/env.example`` for every variable and its default.
     """
 
+    # The URL every process connects with (daemon/redis_settings.py composes it from GENRELAY_REDIS_*);
+    # None: the embedded server.
     redis_url: str | None
+    redis_sentinels: tuple[str, ...]
     data_dir: Path
     accounts_path: Path
     accounts: tuple[Account, ...]
@@ -120,7 +123,10 @@ class Settings:
                 f"GENRELAY_RETRY_MAX ({retry_max:g}) must be >= GENRELAY_RETRY_BASE ({retry_base:g})"
             )
         return cls(
-            redis_url=_redis_url(reader),
+            redis_url=redis_url_from_env(reader),
+            redis_sentinels=tuple(
+                h.strip() for h in (reader.text("REDIS_SENTINELS") or "").split(",") if h.strip()
+            ),
             data_dir=Path(reader.text("DATA_DIR") or DEFAULT_DATA_DIR),
             accounts_path=Path(accounts_text),
             accounts=load_accounts(
@@ -223,10 +229,8 @@ class Settings:
         values = [account.api_key for account in self.accounts]
         values.extend(self.api_tokens)
         values.extend(value for value in (self.secret, self.secret_previous, self.delivery_secret) if value)
-        password = urlsplit(self.redis_url).password if self.redis_url else None
-        if password:
-            # Logs may show the password as written in the URL or percent-decoded, as redis-py uses it.
-            values.extend((password, unquote(password)))
+        # Logs may show a Redis password as written in the URL or percent-decoded, as redis-py uses it.
+        values.extend(url_secrets(self.redis_url))
         return tuple(dict.fromkeys(value for value in values if value))
 
     def __repr__(self) -> str:
@@ -236,7 +240,7 @@ class Settings:
             if item.repr:
                 value = getattr(self, item.name)
                 if item.name == "redis_url" and value is not None:
-                    value = _mask_url_password(value)
+                    value = mask_url(value)
                 shown.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -310,27 +314,6 @@ def _check_range(name: str, value: int, low: int, high: int | None) -> int:
     if value < low:
         raise SettingsError(f"{name} has value {value}: must be >= {low}")
     return value
-
-
-def _redis_url(reader: _EnvReader) -> str | None:
-    raw = reader.text("REDIS_URL")
-    if raw is None:
-        return None
-    # Only the scheme is checked: redis-py owns the rest of the syntax, and echoing the URL could
-    # expose a password written into it.
-    if urlsplit(raw).scheme.lower() not in _REDIS_SCHEMES:
-        raise SettingsError(
-            f"GENRELAY_REDIS_URL must start with one of {', '.join(s + '://' for s in _REDIS_SCHEMES)}"
-        )
-    return raw
-
-
-def _mask_url_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _public_url(reader: _EnvReader) -> str | None:

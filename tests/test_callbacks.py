@@ -279,3 +279,35 @@ async def test_fuzzed_callbacks_get_only_2xx_or_4xx_and_change_nothing_without_a
     assert 200 <= resp.status < 500, await resp.text()
     if token_kind != "valid" or resp.status != 200:
         assert await snapshot(services.client, job_id) == before
+
+
+async def callback_counts(client: TestClient) -> dict[str, float]:
+    """``genrelay_callbacks_total`` of ltxstudio by outcome, read from the app's own ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = await client.get("/metrics")
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(await resp.text()):
+        for sample in family.samples:
+            if sample.name == "genrelay_callbacks_total" and sample.labels["provider"] == "ltxstudio":
+                counts[sample.labels["outcome"]] = sample.value
+    return counts
+
+
+async def test_each_callback_moves_its_outcome_counter_by_one(daemon) -> None:
+    services, client = daemon
+    job_id = await new_job(services)
+    steps = [
+        ("applied", status_body(job_id, "active", 40), url(services, job_id)),
+        ("duplicate", status_body(job_id, "active", 40), url(services, job_id)),  # a byte-identical repeat
+        ("duplicate", status_body(job_id, "active", 20), url(services, job_id)),  # progress only goes up
+        ("applied", status_body(job_id, "completed", 100), url(services, job_id)),
+        ("ignored", status_body(job_id, "active", 60), url(services, job_id)),  # the job has ended
+        ("rejected", status_body(job_id, "active", 50), f"/callbacks/ltxstudio/{job_id}.deadbeef.AAAA"),
+    ]
+    for outcome, body, path in steps:
+        before = await callback_counts(client)
+        await client.post(path, json=body)
+        after = await callback_counts(client)
+        moved = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+        assert moved == {name: float(name == outcome) for name in after}, (outcome, moved)

@@ -167,6 +167,42 @@ def test_every_k8s_manifest_is_yaml_with_kind_and_name() -> None:
             assert doc["metadata"]["name"].startswith("genrelay-")
 
 
+def test_k8s_scrapes_the_worker_metrics_port_and_limits_disruptions() -> None:
+    """The worker's counters live only in its process: its pods expose and annotate the metrics port
+    the ConfigMap sets; a PodDisruptionBudget covers the web and the worker."""
+    port = k8s_object("ConfigMap", "genrelay-env")["data"]["GENRELAY_WORKER_METRICS_PORT"]
+    template = k8s_object("Deployment", "genrelay-worker")["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == port
+    assert {"name": "metrics", "containerPort": int(port)} in only_container(
+        {"spec": {"template": template}}
+    )["ports"]
+    for name in ("genrelay-web", "genrelay-worker"):
+        selector = k8s_object("PodDisruptionBudget", name)["spec"]["selector"]["matchLabels"]
+        assert selector == k8s_object("Deployment", name)["spec"]["selector"]["matchLabels"]
+
+
+def test_the_sentinel_example_configures_genrelay_with_sentinels_only() -> None:
+    example = yaml.safe_load((DEPLOY / "sentinel" / "docker-compose.yml").read_text())
+    sentinels = [name for name in example["services"] if name.startswith("sentinel-")]
+    assert len(sentinels) == 3
+    for name in ("web", "worker"):
+        env = example["services"][name]["environment"]
+        assert "GENRELAY_REDIS_URL" not in env
+        listed = {item.split(":")[0] for item in env["GENRELAY_REDIS_SENTINELS"].split(",")}
+        assert listed == set(sentinels)
+        assert set(env) <= known_settings()
+
+
+def test_the_units_have_the_standard_hardening() -> None:
+    for path in UNITS.values():
+        text = path.read_text()
+        for option in (
+            "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+            "ReadWritePaths=/var/lib/genrelay", "PrivateDevices=yes", "RestrictSUIDSGID=yes",
+        ):  # fmt: skip
+            assert f"\n{option}\n" in text, f"{path.name} lacks {option}"
+
+
 def test_k8s_probes_match_the_routes_and_the_worker_check() -> None:
     """Readiness on /readyz, liveness on /healthz, the Service selects the web pods, and the worker's
     liveness runs `genrelay worker --check`."""
@@ -207,7 +243,10 @@ def test_the_kustomization_builds() -> None:
     built = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(built.stdout) if doc)
-    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Service"]
+    assert kinds == [
+        "ConfigMap", "ConfigMap", "Deployment", "Deployment",
+        "PodDisruptionBudget", "PodDisruptionBudget", "Service",
+    ]  # fmt: skip
 
 
 # --- settings named in deploy files ---------------------------------------------------------------------
@@ -215,7 +254,9 @@ def test_the_kustomization_builds() -> None:
 
 def known_settings() -> set[str]:
     """Every GENRELAY_* variable genrelay reads: the Settings fields and any literal in the code."""
-    source = (ROOT / "daemon" / "settings.py").read_text()
+    source = (ROOT / "daemon" / "settings.py").read_text() + (
+        ROOT / "daemon" / "redis_settings.py"
+    ).read_text()
     names = {"GENRELAY_" + suffix for suffix in re.findall(r'reader\.\w+\(\s*"([A-Z0-9_]+)"', source)}
     for path in [*ROOT.joinpath("daemon").rglob("*.py"), *ROOT.joinpath("workers").rglob("*.py")]:
         names |= set(re.findall(r'"(GENRELAY_[A-Z0-9_]+)"', path.read_text()))
@@ -250,8 +291,11 @@ def test_deploy_files_name_only_settings_genrelay_reads() -> None:
 
 def test_env_example_lists_every_setting() -> None:
     """deploy/env.example stays in step with Settings: every variable it reads is listed there."""
-    source = (ROOT / "daemon" / "settings.py").read_text()
+    source = (ROOT / "daemon" / "settings.py").read_text() + (
+        ROOT / "daemon" / "redis_settings.py"
+    ).read_text()
     settings = {"GENRELAY_" + suffix for suffix in re.findall(r'reader\.\w+\(\s*"([A-Z0-9_]+)"', source)}
+    settings |= set(re.findall(r'"(GENRELAY_REDIS_[A-Z0-9_]+)"', source))
     listed = set(re.findall(r"^#?(GENRELAY_[A-Z0-9_]+)=", (DEPLOY / "env.example").read_text(), re.M))
     assert len(settings) > 20
     assert not settings - listed, f"add to deploy/env.example: {sorted(settings - listed)}"

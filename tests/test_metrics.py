@@ -94,7 +94,7 @@ async def check_gauges_match_redis(samples: Samples, client: aioredis.Redis) -> 
     for account, max_jobs in {"a1": 2, "a2": 1}.items():
         labels = {"provider": "ltx", "account": account}
         assert value(samples, "genrelay_slots_busy", **labels) == 0
-        assert value(samples, "genrelay_slots_total", **labels) == max_jobs
+        assert value(samples, "genrelay_slots_max", **labels) == max_jobs
         assert value(samples, "genrelay_account_disabled", **labels) == int(account in disabled)
         assert value(samples, "genrelay_account_cooling_down", **labels) == 0
     assert value(samples, "genrelay_redis_up") == 1
@@ -172,7 +172,7 @@ async def test_slots_busy_counts_live_leases_only(
     )
     samples = await scrape(web_client)
     assert value(samples, "genrelay_slots_busy", provider="ltx", account="a1") == 1
-    assert value(samples, "genrelay_slots_total", provider="ltx", account="a1") == 3
+    assert value(samples, "genrelay_slots_max", provider="ltx", account="a1") == 3
 
 
 async def test_an_unreachable_redis_reads_as_redis_up_0(make_settings: Callable[..., Settings]) -> None:
@@ -258,3 +258,113 @@ def test_the_worker_metrics_port_setting(raw: str, port: int | None) -> None:
 def test_a_bad_worker_metrics_port_is_refused_naming_the_variable(raw: str) -> None:
     with pytest.raises(SettingsError, match=r"GENRELAY_WORKER_METRICS_PORT has value"):
         Settings.from_env({"GENRELAY_WORKER_METRICS_PORT": raw}, require_accounts=False)
+
+
+async def until_moved(
+    web_client: WebClient, before: Samples, name: str, by: float = 1.0, **labels: str
+) -> Samples:
+    """Scrape until ``name`` (summed over ``labels``) has grown by ``by`` since ``before``."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            after = await scrape(web_client)
+            if total(after, name, **labels) - total(before, name, **labels) >= by:
+                return after
+            await asyncio.sleep(0.05)
+
+
+async def test_each_event_moves_its_series(
+    emulator: Emulator,
+    make_settings: Callable[..., Settings],
+    open_daemon: Callable[[Settings], Any],
+    start_worker: Callable[[Settings], Any],
+    web_metrics: Callable[[Settings], Any],
+    app_client: Client,
+    aiohttp_server: Any,
+) -> None:
+    """Read before and after each event: the arq backlog, a submit, a provider's 429, a provider
+    request's latency, a delivered notification, a dead letter."""
+    settings = make_settings(
+        emulator.url, accounts={"a1": 2}, GENRELAY_DELIVERY_ALLOW_PRIVATE="1", GENRELAY_DELIVERY_MAX_TRIES="1"
+    )
+    await open_daemon(settings)
+    web_client = await web_metrics(settings)
+    app = web.Application()
+
+    async def accept(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app.router.add_post("/hook", accept)
+    hook = await aiohttp_server(app)
+
+    before = await scrape(web_client)
+    first = await app_client.submit(
+        "ltx",
+        "text-to-video",
+        {"prompt": "[ok] [seconds=0.1] one", **T2V},
+        reply_url=str(hook.make_url("/hook")),
+    )
+    after = await scrape(web_client)  # no worker yet: the accept task waits on the arq queue
+    assert value(after, "genrelay_arq_queue_depth") - value(before, "genrelay_arq_queue_depth") == 1
+
+    await emulator.fault(method="POST", path_prefix="/v2/", status=429, count=1)
+    await start_worker(settings)
+    await finish(app_client, [first])
+    after = await until_moved(web_client, before, "genrelay_deliveries_total", outcome="delivered")
+    for name, labels in [
+        ("genrelay_rate_limited_total", {"provider": "ltx", "kind": "provider"}),
+        ("genrelay_submit_outcomes_total", {"provider": "ltx", "outcome": "submitted"}),
+        ("genrelay_submit_outcomes_total", {"provider": "ltx", "outcome": "cooldown"}),
+    ]:
+        assert total(after, name, **labels) - total(before, name, **labels) == 1, (name, labels)
+    latency = "genrelay_provider_request_duration_seconds_count"
+    assert (
+        total(after, latency, provider="ltx") - total(before, latency, provider="ltx") >= 3
+    )  # 429, 202, poll
+    assert total(after, "genrelay_dead_letters_total") == total(before, "genrelay_dead_letters_total")
+
+    before = after
+    second = await app_client.submit(
+        "ltx",
+        "text-to-video",
+        {"prompt": "[ok] [seconds=0.1] two", **T2V},
+        reply_url=f"http://127.0.0.1:{closed_port()}/x",
+    )
+    await finish(app_client, [second])
+    after = await until_moved(web_client, before, "genrelay_dead_letters_total")
+    assert (
+        total(after, "genrelay_deliveries_total", outcome="dead_letter")
+        - total(before, "genrelay_deliveries_total", outcome="dead_letter")
+        == 1
+    )
+
+
+async def test_a_lease_expiry_moves_its_counter(
+    make_settings: Callable[..., Settings],
+    open_daemon: Callable[[Settings], Any],
+    redis_client: aioredis.Redis,
+) -> None:
+    from daemon.jobs import JobRequest
+    from daemon.metrics import METRICS
+    from workers.runtime import WorkerRuntime, provider_session
+    from workers.sweep import sweep_once
+
+    settings = make_settings(accounts={"a1": 2})
+    services: Services = await open_daemon(settings)
+    request = JobRequest.from_json(
+        {"provider": "ltx", "operation": "text-to-video", "params": {"prompt": "x"}}
+    )
+    job_id = (await services.store.create(request)).job_id
+    lease = keys.lease_key("ltx", "a1")
+    assert await redis_client.zscore(lease, job_id) is not None
+    await redis_client.zadd(lease, {job_id: 1})  # its lease ran out long ago
+
+    def expiries() -> float:
+        return METRICS.registry.get_sample_value("genrelay_lease_expiries_total", {"provider": "ltx"}) or 0.0
+
+    before = expiries()
+    runtime = WorkerRuntime(services, provider_session(1))
+    try:
+        assert await sweep_once(runtime) == 1
+    finally:
+        await runtime.session.close()
+    assert expiries() - before == 1

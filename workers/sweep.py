@@ -10,6 +10,7 @@ import asyncio
 
 import structlog
 
+from daemon.metrics import METRICS
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("genrelay.maintenance")
@@ -25,7 +26,9 @@ async def sweep_once(runtime: WorkerRuntime) -> int:
         for job_id in await services.slots.sweep(provider):
             outcome = await services.store.fail_timed_out(job_id, services.settings.lease_ttl_for(provider))
             log.warning("lease expired", job_id=job_id, provider=provider, outcome=outcome)
-            failed += outcome == "applied"
+            if outcome == "applied":
+                failed += 1
+                METRICS.lease_expiries.labels(provider).inc()
     return failed
 
 

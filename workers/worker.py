@@ -9,12 +9,13 @@ from typing import Any
 import orjson
 import structlog
 from arq import Worker, func
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
 from daemon import keys
 from daemon.deliveries import signing_secret
-from daemon.metrics import start_worker_metrics
-from daemon.redis_connection import client_options
+from daemon.metrics import count_delivery_outcomes, start_worker_metrics
+from daemon.redis_connection import client_for, connect
 from daemon.services import open_services
 from daemon.settings import Settings
 from daemon.task_guard import task_deserializer
@@ -56,12 +57,10 @@ def job_deserializer(data: bytes) -> Any:
 
 
 def arq_pool(redis_url: str) -> ArqRedis:
-    """arq's Redis client with our client options: arq's own has no reply timeout, so one command
-    sent into a network partition would stall the worker's poll loop for good."""
-    options = client_options(decode_responses=False)
-    if redis_url.startswith("unix:"):
-        options.pop("socket_keepalive", None)  # a TCP option (the embedded server's socket is unix)
-    pool: ArqRedis = ArqRedis.from_url(redis_url, **options)
+    """arq's Redis client built by our connection module (TLS, ACL, unix socket, Sentinel), not by arq's
+    URL parsing: arq's own has no reply timeout (one command sent into a network partition would stall
+    the worker's poll loop for good), does not percent-decode passwords and ignores TLS options."""
+    pool = client_for(redis_url, ArqRedis, decode_responses=False)
     pool.job_serializer = job_serializer
     pool.job_deserializer = job_deserializer
     pool.default_queue_name = keys.ARQ_QUEUE
@@ -111,7 +110,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             func(retry_when_redis_unreachable(sync_capacity), name=CAPACITY_TASK, max_tries=3),
             # Tries are counted in Redis (workers/deliver.py); the timeout lets ours fire first.
             func(
-                retry_when_redis_unreachable(deliver_job),
+                retry_when_redis_unreachable(count_delivery_outcomes(deliver_job)),
                 name="deliver_job",
                 max_tries=settings.delivery_max_tries + 5,
                 timeout=settings.delivery_timeout + 5,
@@ -138,12 +137,30 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
     )
 
 
+# `genrelay worker --check` answers within this many seconds even when Redis is blackholed, so a
+# liveness probe with a longer timeout sees exit 1, not its own timeout.
+CHECK_TIMEOUT_S = 5.0
+
+
 def check_health(redis_url: str, worker_name: str) -> int:
     """0 when the worker ``worker_name`` wrote its health record within the last interval (its main
-    loop turned), 1 otherwise."""
-    from arq.worker import async_check_health
+    loop turned), 1 otherwise (also when Redis cannot be read), through the one connection module."""
+    return asyncio.run(read_health(redis_url, worker_name))
 
-    settings = RedisSettings.from_dsn(redis_url)
+
+async def read_health(redis_url: str, worker_name: str) -> int:
     key = health_check_key(worker_name)
-    result: int = asyncio.run(async_check_health(settings, key, keys.ARQ_QUEUE))
-    return result
+    client = await connect(redis_url)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            record = await client.get(key)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.error("health check: Redis could not be read", error=str(exc) or type(exc).__name__)
+        return 1
+    finally:
+        await client.aclose()
+    if not record:
+        log.error("health check failed: no recent health record", worker=worker_name, key=key)
+        return 1
+    log.info("health check passed", worker=worker_name, record=record)
+    return 0

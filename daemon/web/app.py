@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from daemon.redis_connection import REQUEST_PATH
 from daemon.services import open_services
 from daemon.settings import Settings
 from daemon.web.api import MAX_BODY_BYTES, SERVICES, routes
@@ -77,7 +78,8 @@ async def services_context(app: web.Application) -> AsyncIterator[None]:
             "the API is open to the network: set GENRELAY_API_TOKENS or bind GENRELAY_HOST to 127.0.0.1",
             host=settings.host,
         )
-    services = await open_services(settings, app[REDIS_URL])
+    # Every Redis call on a request path is bounded: an unreachable Redis is a 503 within 5 s.
+    services = await open_services(settings, app[REDIS_URL], timeouts=REQUEST_PATH)
     app[SERVICES] = services
     try:
         yield

@@ -15,8 +15,9 @@ import time
 import structlog
 from aiohttp import web
 
-from daemon.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from daemon.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, RequestError
 from daemon.input_limits import artifact_url_problem, check_json
+from daemon.metrics import METRICS
 from daemon.providers import webhook_provider
 from daemon.web.api import SERVICES, read_json_with_bytes
 from daemon.web.errors import json_response
@@ -53,8 +54,21 @@ def _remember(fingerprint: bytes, now: float) -> None:
 
 @routes.post("/callbacks/{provider}/{token}")
 async def receive_callback(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
+    """Count each callback by provider and outcome (an unknown provider counts as 'unknown': the
+    label must not take any value a caller writes into the URL)."""
     provider = request.match_info["provider"]
+    known = webhook_provider(provider) is not None and provider in request.app[SERVICES].slots.scopes
+    try:
+        outcome, response = await _receive(request, provider)
+    except (RequestError, web.HTTPException):
+        METRICS.count_callback(provider if known else "unknown", "rejected")
+        raise
+    METRICS.count_callback(provider, outcome)
+    return response
+
+
+async def _receive(request: web.Request, provider: str) -> tuple[str, web.Response]:
+    services = request.app[SERVICES]
     adapter = webhook_provider(provider)
     if adapter is None or provider not in services.slots.scopes:
         raise NotFound(f"unknown provider {provider!r} in the callback URL")
@@ -67,7 +81,7 @@ async def receive_callback(request: web.Request) -> web.Response:
     fingerprint = hashlib.blake2b(request.match_info["token"].encode() + b"\0" + raw, digest_size=16).digest()
     now = time.monotonic()
     if _seen_recently(fingerprint, now):
-        return json_response({"received": True, "outcome": "duplicate"})
+        return "duplicate", json_response({"received": True, "outcome": "duplicate"})
     if not isinstance(body, dict):
         raise InvalidRequest("the callback body must be a JSON object")
     check_json(body, "the callback body")
@@ -100,4 +114,4 @@ async def receive_callback(request: web.Request) -> web.Response:
     log.info("callback", job_id=job_id, provider=provider, state=update.state.value, outcome=outcome)
     # After the job's retention its record is gone: a late callback is a 2xx no-op, so the
     # provider stops retrying, and nothing is recreated.
-    return json_response({"received": True, "outcome": "gone" if outcome == "missing" else outcome})
+    return outcome, json_response({"received": True, "outcome": "gone" if outcome == "missing" else outcome})
