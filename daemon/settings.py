@@ -26,6 +26,7 @@ from typing import TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from daemon.accounts_file import DEFAULT_BASE_URLS, Account, http_url_problem, load_accounts
+from daemon.archive_settings import ArchiveSettings
 from daemon.errors import SettingsError
 
 __all__ = ["Settings"]
@@ -38,6 +39,7 @@ LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _N = TypeVar("_N", int, float)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,7 @@ class Settings:
     delivery_allow_private: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_level: str
     log_format: str
+    archive: ArchiveSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_accounts: bool = True) -> Settings:
@@ -112,9 +115,10 @@ class Settings:
             raise SettingsError(
                 f"GENRELAY_RETRY_MAX ({retry_max:g}) must be >= GENRELAY_RETRY_BASE ({retry_base:g})"
             )
+        data_dir = Path(reader.text("DATA_DIR") or DEFAULT_DATA_DIR)
         return cls(
             redis_url=_redis_url(reader),
-            data_dir=Path(reader.text("DATA_DIR") or DEFAULT_DATA_DIR),
+            data_dir=data_dir,
             accounts_path=Path(accounts_text),
             accounts=load_accounts(accounts_text, reader.env, required=require_accounts),
             public_url=_public_url(reader),
@@ -180,9 +184,12 @@ class Settings:
             delivery_secret=_delivery_secret(reader),
             delivery_max_tries=reader.integer("DELIVERY_MAX_TRIES", 8, low=1),
             delivery_timeout=reader.number("DELIVERY_TIMEOUT", 10.0),
-            delivery_allow_private=_delivery_allow_private(reader),
+            delivery_allow_private=_allow_private(reader, "DELIVERY_ALLOW_PRIVATE"),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("LOG_FORMAT", "auto", LOG_FORMATS),
+            archive=ArchiveSettings.from_reader(
+                reader, data_dir, _allow_private(reader, "ARCHIVE_ALLOW_PRIVATE")
+            ),
         )
 
     def lease_ttl_for(self, provider: str) -> float:
@@ -212,6 +219,7 @@ class Settings:
         values = [account.api_key for account in self.accounts]
         values.extend(self.api_tokens)
         values.extend(value for value in (self.secret, self.secret_previous, self.delivery_secret) if value)
+        values.extend(self.archive.secrets())
         password = urlsplit(self.redis_url).password if self.redis_url else None
         if password:
             # Logs may show the password as written in the URL or percent-decoded, as redis-py uses it.
@@ -352,10 +360,11 @@ def _delivery_secret(reader: _EnvReader) -> str | None:
     return raw
 
 
-def _delivery_allow_private(reader: _EnvReader) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """Networks an app's replyUrl may point into although they are not public: ``1`` for all of them
-    (tests, trusted networks), or a comma-separated list such as ``10.8.0.0/16,fd00::/8``."""
-    raw = reader.text("DELIVERY_ALLOW_PRIVATE")
+def _allow_private(reader: _EnvReader, suffix: str) -> tuple[IPNetwork, ...]:
+    """Networks an app's replyUrl (or an artifact URL) may point into although they are not public:
+    ``1`` for all of them (tests, trusted networks), or a comma-separated list such as
+    ``10.8.0.0/16,fd00::/8``."""
+    raw = reader.text(suffix)
     if raw is None or raw.lower() in ("0", "false", "no", "off"):
         return ()
     if raw.lower() in ("1", "true", "yes", "on"):
@@ -366,7 +375,7 @@ def _delivery_allow_private(reader: _EnvReader) -> tuple[ipaddress.IPv4Network |
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
             raise SettingsError(
-                f"GENRELAY_DELIVERY_ALLOW_PRIVATE has value {raw!r}: {item!r} is not a network; "
+                f"{ENV_PREFIX}{suffix} has value {raw!r}: {item!r} is not a network; "
                 "use 1, 0 or networks like 10.8.0.0/16,fd00::/8"
             ) from None
     return tuple(networks)
