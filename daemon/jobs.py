@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from daemon import keys
 from daemon.errors import InvalidRequest
 from daemon.url_guard import url_problem
 
@@ -201,6 +202,13 @@ class Job:
             status["message"] = f["message"]
         if artifact:
             status["artifact"] = artifact
+            if f["state"] == State.COMPLETED:
+                # The asset its completion recorded: GET /v1/assets/{assetId} (and /content, our copy).
+                asset = artifact.get("asset") if isinstance(artifact.get("asset"), dict) else {}
+                provider_asset_id = asset.get("fileId") or asset.get("id")
+                artifact["assetId"] = keys.asset_id(
+                    self.provider, self.provider_job_id, provider_asset_id, self.id
+                )
         return {
             "jobId": self.id,
             "status": status,
