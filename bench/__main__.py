@@ -4,7 +4,8 @@ baseline measured in its own run.
 Without a name (``make bench``) the short ones run: slots, dispatch, callbacks, a 10 s callback
 burst and latency (jobs through a Redis link with 200 ms of latency). The long ones run only when
 named (see README "Measuring"): ``load`` (scenario 47, 10,000 jobs), ``polling`` (the polling
-ceiling, 10,000 jobs for 60 s) and ``soak`` (scenario 48, ``make soak MINUTES=N``). Options after
+ceiling, 10,000 jobs for 60 s), ``archive`` (copy speed and memory of the artifact archive)
+and ``soak`` (scenario 48, ``make soak MINUTES=N``). Options after
 the name go to that benchmark: ``python -m bench load --jobs 500``.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import callback_burst, callbacks, dispatch, load, polling, redis_latency, slots, soak
+from bench import archive, callback_burst, callbacks, dispatch, load, polling, redis_latency, slots, soak
 
 
 def _plain(main: Callable[[], None]) -> Callable[[list[str]], int]:
@@ -35,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "load": load.main,
     "polling": polling.main,
     "soak": soak.main,
+    "archive": archive.main,
 }
 SHORT = ("slots", "dispatch", "callbacks", "burst", "latency")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -81,7 +82,7 @@ async def serve(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     name = request.match_info["name"]
     size = state.config.artifact_bytes
-    entry: dict[str, Any] = {"path": request.path, "range": request.headers.get("Range")}
+    entry: dict[str, Any] = {"path": request.path, "range": request.headers.get("Range"), "t": time.time()}
     if len(request.app[LOG_KEY]) < MAX_LOG:
         request.app[LOG_KEY].append(entry)
     if state.config.artifact_urls_expired:
@@ -115,4 +116,5 @@ async def serve(request: web.Request) -> web.StreamResponse:
         await response.write(content(name, offset, limit))
         offset = limit
     await response.write_eof()
+    entry["done"] = time.time()
     return response

@@ -40,7 +40,7 @@ from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("genrelay.archive")
 
-MAX_IDLE_S = 0.5
+MAX_IDLE_S = 0.1
 FALLBACK_MIME = "application/octet-stream"
 
 
