@@ -59,6 +59,9 @@ class JobRequest:
     priority: int = DEFAULT_PRIORITY
     request_id: str | None = None
     notify_progress: bool = False  # also POST progress to replyUrl, not only the end
+    # "before-notify": the completion reaches replyUrl once the artifact is archived (or its copy
+    # gave up); "after-notify": at once. None: GENRELAY_ARCHIVE_NOTIFY decides.
+    archive: str | None = None
 
     @classmethod
     def from_json(cls, body: Any) -> JobRequest:
@@ -75,6 +78,7 @@ class JobRequest:
             "priority",
             "requestId",
             "notifyProgress",
+            "archive",
         }
         if unknown:
             raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -89,6 +93,9 @@ class JobRequest:
         notify_progress = body.get("notifyProgress", False)
         if not isinstance(notify_progress, bool):
             raise InvalidRequest("'notifyProgress' must be true or false")
+        archive = body.get("archive")
+        if archive is not None and archive not in ("before-notify", "after-notify"):
+            raise InvalidRequest("'archive' must be 'before-notify' or 'after-notify'")
         reply_url = _optional_str(body, "replyUrl")
         problem = url_problem(reply_url) if reply_url is not None else None
         if problem is not None:
@@ -103,6 +110,7 @@ class JobRequest:
             priority=priority,
             request_id=_optional_str(body, "requestId"),
             notify_progress=notify_progress,
+            archive=archive,
         )
 
 

@@ -30,6 +30,7 @@ import structlog
 
 from daemon.archive_fetch import FetchError, discard, fetch
 from daemon.archive_metrics import record_outcome
+from daemon.archive_notify import release_deliveries
 from daemon.archive_state import ArchiveState, Claim
 from daemon.archive_store import ArchiveBackend, StorageError, open_backend
 from daemon.backoff import backoff_seconds
@@ -125,6 +126,7 @@ class Archiver:
             return
         fields = {"state": "archived", "sha256": fetched.sha256, "bytes": str(fetched.size), "mime": mime}
         await self.state.finish(claim, {**fields, "final": "1"})
+        await release_deliveries(self.runtime.services.client, claim.asset_id)
         record_outcome("archived", fetched.size)
         log.info(
             "asset archived", asset_id=claim.asset_id, bytes=fetched.size, resumed_from=fetched.resumed_from
@@ -158,6 +160,7 @@ class Archiver:
     async def _settle(self, claim: Claim, state: str, message: str) -> None:
         discard(self.config.staging_dir / f"{claim.asset_id}.part")
         await self.state.finish(claim, {"state": state, "message": message, "final": "1"})
+        await release_deliveries(self.runtime.services.client, claim.asset_id)
         record_outcome(state, 0)
         log.warning("archive gave up", asset_id=claim.asset_id, state=state, error=message)
 
