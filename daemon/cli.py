@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from daemon.archive_backfill import add_archive_parser
 from daemon.embedded_redis import find_running, redis_url
 from daemon.errors import DaemonError, InvalidRequest, SettingsError
 from daemon.logs import configure_logging
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pages", type=int, default=1000, help="stop after this many pages (default: %(default)s)"
     )
     imports.set_defaults(command=cmd_import_assets)
+    add_archive_parser(sub, cmd_archive)
     return parser
 
 
@@ -326,6 +328,13 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     return asyncio.run(
         run_accounts(settings, existing_redis(settings), args.action, args.name, args.provider)
     )
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from daemon.archive_backfill import run_backfill
+
+    settings = load_settings()
+    return asyncio.run(run_backfill(settings, existing_redis(settings), args))
 
 
 def cmd_import_assets(args: argparse.Namespace) -> int:
