@@ -6,7 +6,7 @@ Keys (under the provider's hash tag, like the asset keys):
 
 * ``genrelay:{p}:assets:archive:queue`` zset asset id -> due (ms); a claim moves it a claim
   lifetime ahead, a worker copying it keeps moving it, a settled outcome removes it;
-* ``genrelay:{p}:asset:<id>:archive`` hash: ``state`` (pending | archived | failed | expired),
+* ``genrelay:{p}:archive:<asset id>`` hash: ``state`` (pending | archived | failed | expired),
   ``sha256``, ``bytes``, ``mime``, ``message``, ``final`` (1: no more tries), ``tries``,
   ``retry_ms``, ``archived_ms``; it expires with the asset record;
 * ``genrelay:{p}:archive:events`` stream: one entry per settled outcome (``asset``, ``state``).
@@ -33,8 +33,15 @@ def queue_key(provider: str) -> str:
     return f"{keys.asset_index_key(provider)}:archive:queue"
 
 
+def state_prefix(provider: str) -> str:
+    return f"{keys.tag(provider)}:archive:"
+
+
 def state_key(asset_id: str) -> str:
-    return f"{keys.asset_key(asset_id)}:archive"
+    provider = keys.provider_of_asset(asset_id)
+    if provider is None:
+        raise ValueError(f"not a genrelay asset id: {asset_id!r}")
+    return f"{state_prefix(provider)}{asset_id}"
 
 
 def events_key(provider: str) -> str:
@@ -84,7 +91,8 @@ class ArchiveState:
 
     async def claim(self, provider: str, limit: int, claim_ms: int) -> list[Claim]:
         flat = await self._claim(
-            keys=[queue_key(provider), keys.asset_key_prefix(provider)], args=[limit, claim_ms]
+            keys=[queue_key(provider), keys.asset_key_prefix(provider), state_prefix(provider)],
+            args=[limit, claim_ms],
         )
         claims = []
         for i in range(0, len(flat), 6):

@@ -1,5 +1,6 @@
 -- archive_claim.lua: claim due artifacts to copy into the archive (one provider).
--- KEYS[1]: the provider's archive queue (zset asset id -> due ms); KEYS[2]: the asset hash prefix.
+-- KEYS[1]: the provider's archive queue (zset asset id -> due ms); KEYS[2]: the asset hash prefix;
+-- KEYS[3]: the prefix of the archive's hashes (one per asset).
 -- ARGV[1]: how many at most; ARGV[2]: the claim's lifetime (ms): a claim its worker stopped
 -- renewing (it died) is due again then. Assets gone (past their retention) or already settled
 -- (archived, expired, failed for good) leave the queue.
@@ -10,7 +11,7 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumb
 local out = {}
 for _, id in ipairs(due) do
   local asset = redis.call('HMGET', KEYS[2] .. id, 'url', 'mime', 'expires_ms', 'created_ms')
-  local state_key = KEYS[2] .. id .. ':archive'
+  local state_key = KEYS[3] .. id
   local st = redis.call('HMGET', state_key, 'state', 'final')
   if not asset[4] or not asset[1] or st[1] == 'archived' or st[2] == '1' then
     redis.call('ZREM', KEYS[1], id)

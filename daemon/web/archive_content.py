@@ -5,12 +5,14 @@ bytes (``If-None-Match`` answers 304), one ``Range`` (``bytes=N-M``, ``N-``, ``-
 with ``Content-Range`` (416 when it lies past the end). With an S3 archive and
 ``GENRELAY_ARCHIVE_S3_REDIRECT=1`` the answer is a 302 to a presigned URL of the object instead.
 Until the copy is complete the route answers 404 (not archived yet, with the archive's state):
-a partial object is never served.
+a partial object is never served; with ``?fallback=provider`` (the dashboard's links) it redirects
+to the provider's URL instead.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -57,6 +59,10 @@ async def asset_content(request: web.Request) -> web.StreamResponse:
     record = await ArchiveState(services.client).get(asset_id)
     if record.get("state") != "archived":
         state = record.get("state") or "pending"
+        if request.query.get("fallback") == "provider":  # the dashboard's links, before the copy is done
+            url = await services.client.hget(keys.asset_key(asset_id), "url")
+            if url and urlsplit(url).scheme in ("http", "https"):
+                raise web.HTTPFound(url)
         raise NotFound(f"asset {asset_id!r} has no archived copy (archive state: {state})")
     sha, size, mime = record["sha256"], int(record["bytes"]), record.get("mime") or "application/octet-stream"
     etag = f'"{sha}"'
