@@ -48,6 +48,12 @@ def events_key(provider: str) -> str:
     return f"{keys.tag(provider)}:archive:events"
 
 
+# Shared by every provider: objects are content-addressed, so one may serve assets of several.
+RETENTION_KEY = f"{keys.PREFIX}:{{archive}}:retention"
+USAGE_KEY = f"{keys.PREFIX}:{{archive}}:usage"
+REFS_PREFIX = f"{keys.PREFIX}:{{archive}}:refs:"
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     asset_id: str
@@ -88,6 +94,7 @@ class ArchiveState:
         self.client = client
         self._claim: AsyncScript = client.register_script((_LUA / "archive_claim.lua").read_text())
         self._finish: AsyncScript = client.register_script((_LUA / "archive_finish.lua").read_text())
+        self._expire: AsyncScript = client.register_script((_LUA / "archive_expire.lua").read_text())
 
     async def claim(self, provider: str, limit: int, claim_ms: int) -> list[Claim]:
         flat = await self._claim(
@@ -114,7 +121,9 @@ class ArchiveState:
         due = int(time.time() * 1000) + claim_ms
         await self.client.zadd(queue_key(claim.provider), {claim.asset_id: due}, xx=True)
 
-    async def finish(self, claim: Claim, fields: dict[str, str], retry_ms: int = 0) -> str:
+    async def finish(
+        self, claim: Claim, fields: dict[str, str], retry_ms: int = 0, retention_ms: int = 0
+    ) -> str:
         provider = claim.provider
         result = await self._finish(
             keys=[
@@ -122,10 +131,23 @@ class ArchiveState:
                 state_key(claim.asset_id),
                 keys.asset_key(claim.asset_id),
                 events_key(provider),
+                RETENTION_KEY,
+                REFS_PREFIX + fields.get("sha256", ""),
+                USAGE_KEY,
             ],
-            args=[claim.asset_id, orjson.dumps(fields), retry_ms],
+            args=[claim.asset_id, orjson.dumps(fields), retry_ms, claim.created_ms + retention_ms],
         )
         return str(result)
+
+    async def expire(self, limit: int = 100) -> list[str]:
+        """End the copies past their retention; the objects no asset refers to any more."""
+        shas = await self._expire(keys=[RETENTION_KEY, USAGE_KEY, REFS_PREFIX], args=[limit])
+        return [str(sha) for sha in shas]
+
+    async def usage(self) -> tuple[int, int]:
+        """(objects, bytes) in the archive, as the copies and deletions counted them."""
+        found = await self.client.hmget(USAGE_KEY, "objects", "bytes")
+        return int(found[0] or 0), int(found[1] or 0)
 
     async def get(self, asset_id: str) -> dict[str, str]:
         fields: dict[str, str] = await self.client.hgetall(state_key(asset_id))

@@ -54,15 +54,18 @@ def s3_server() -> Iterator[S3Server]:
         server.stop()
 
 
-async def archive_settled(client: aioredis.Redis, provider: str, asset_id: str) -> str:
-    """Wait for the settled outcome of ``asset_id``'s copy (bound it with ``asyncio.timeout``)."""
+async def archive_settled(
+    client: aioredis.Redis, provider: str, asset_id: str, state: str | None = None
+) -> str:
+    """Wait for the settled outcome of ``asset_id``'s copy (that ``state`` when given; bound it with
+    ``asyncio.timeout``)."""
     stream = archive_state.events_key(provider)
     last = "0-0"
     while True:
         for _, entries in await client.xread({stream: last}, block=1000, count=1000):
             for entry_id, fields in entries:
                 last = entry_id
-                if fields["asset"] == asset_id:
+                if fields["asset"] == asset_id and state in (None, fields["state"]):
                     return str(fields["state"])
 
 

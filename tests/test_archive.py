@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
+from daemon.archive_state import ArchiveState
 from daemon.client import Client
 from daemon.settings import Settings
 from daemon.web.app import create_app
@@ -187,3 +188,26 @@ async def test_private_artifact_url_is_refused_unless_allowed(
     assert "loopback" in asset["archive"]["message"], asset["archive"]
     log = await emulator.control("GET", "artifacts")
     assert log["requests"] == []  # refused before any connection
+
+
+async def test_copies_are_deleted_after_their_retention(
+    redis_client: aioredis.Redis,
+    emulator: Emulator,
+    make_settings: Callable[..., Settings],
+    start_worker: Any,
+    aiohttp_client: AiohttpClient,
+    redis_url: str,
+) -> None:
+    env = {"GENRELAY_ARCHIVE_ALLOW_PRIVATE": "1", "GENRELAY_ARCHIVE_RETENTION": "1"}
+    settings, api = await start(emulator, make_settings, start_worker, aiohttp_client, redis_url, **env)
+    job, state = await completed_asset(redis_client, api, "ltx")
+    assert state == "archived"
+    asset_id = job["status"]["artifact"]["assetId"]
+    async with asyncio.timeout(WAIT_S):
+        await archive_settled(redis_client, "ltx", asset_id, "expired")
+    asset = await (await api.get(f"/v1/assets/{asset_id}")).json()
+    assert asset["archive"]["state"] == "expired" and "RETENTION" in asset["archive"]["message"]
+    assert (await api.get(f"/v1/assets/{asset_id}/content")).status == 404
+    assert settings.archive.directory is not None
+    assert not [p for p in (settings.archive.directory / "objects").rglob("*") if p.is_file()]
+    assert await ArchiveState(redis_client).usage() == (0, 0)

@@ -29,7 +29,7 @@ import aiohttp
 import structlog
 
 from daemon.archive_fetch import FetchError, discard, fetch
-from daemon.archive_metrics import record_outcome
+from daemon.archive_metrics import record_outcome, set_usage
 from daemon.archive_notify import release_deliveries
 from daemon.archive_state import ArchiveState, Claim
 from daemon.archive_store import ArchiveBackend, StorageError, open_backend
@@ -42,6 +42,8 @@ from workers.runtime import WorkerRuntime
 log = structlog.get_logger("genrelay.archive")
 
 MAX_IDLE_S = 0.1
+# How often a worker deletes the copies past their retention (and reads the usage for /metrics).
+EXPIRY_INTERVAL_S = 30.0
 FALLBACK_MIME = "application/octet-stream"
 
 
@@ -66,8 +68,12 @@ class Archiver:
     async def run(self) -> None:
         stopping = self.runtime.stopping
         providers = self.settings.providers()
+        next_expiry = 0.0
         try:
             while not stopping.is_set():
+                if time.monotonic() >= next_expiry:
+                    next_expiry = time.monotonic() + min(EXPIRY_INTERVAL_S, self.config.retention / 2)
+                    await self.expire()
                 claimed = 0
                 for provider in providers:
                     free = self.config.concurrency - len(self.in_flight)
@@ -88,6 +94,16 @@ class Archiver:
                 task.cancel()
             await asyncio.gather(*self.in_flight, return_exceptions=True)
             await self.session.close()
+
+    async def expire(self) -> None:
+        """Delete the copies past GENRELAY_ARCHIVE_RETENTION that no asset refers to any more."""
+        try:
+            for sha in await self.state.expire():
+                await self.backend.delete(sha)
+                log.info("archived object deleted after its retention", sha256=sha)
+            set_usage(*await self.state.usage())
+        except Exception:
+            log.exception("archive retention pass failed")
 
     async def archive(self, claim: Claim) -> None:
         part = self.config.staging_dir / f"{claim.asset_id}.part"
@@ -125,7 +141,8 @@ class Archiver:
             await self._failed(claim, exc)
             return
         fields = {"state": "archived", "sha256": fetched.sha256, "bytes": str(fetched.size), "mime": mime}
-        await self.state.finish(claim, {**fields, "final": "1"})
+        retention_ms = int(config.retention * 1000)
+        await self.state.finish(claim, {**fields, "final": "1"}, retention_ms=retention_ms)
         await release_deliveries(self.runtime.services.client, claim.asset_id)
         record_outcome("archived", fetched.size)
         log.info(

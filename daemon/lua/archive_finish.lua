@@ -1,8 +1,11 @@
 -- archive_finish.lua: record how one attempt at archiving an asset went.
 -- KEYS[1]: the provider's archive queue; KEYS[2]: the asset's archive hash; KEYS[3]: the asset's
--- hash; KEYS[4]: the provider's archive events stream.
+-- hash; KEYS[4]: the provider's archive events stream; KEYS[5]: the retention zset (asset id ->
+-- delete at, ms); KEYS[6]: the object's references (set of asset ids); KEYS[7]: the usage hash.
 -- ARGV[1]: asset id; ARGV[2]: JSON of the fields to set (state, sha256, bytes, mime, message,
--- final); ARGV[3]: when to try again (ms; 0: settled, the asset leaves the queue).
+-- final); ARGV[3]: when to try again (ms; 0: settled, the asset leaves the queue); ARGV[4]: when
+-- an archived copy is deleted (ms). The retention keys are shared by every provider (objects are
+-- content-addressed): a single Redis, as genrelay requires, runs this script as one.
 -- An archived copy is never overwritten by a late attempt that failed. Settled outcomes are
 -- added to the events stream (what waits on them reads it). Returns the state now recorded.
 local f = cjson.decode(ARGV[2])
@@ -14,6 +17,13 @@ local fields = {'updated_ms', now}
 for k, v in pairs(f) do fields[#fields + 1] = k; fields[#fields + 1] = tostring(v) end
 if f.state == 'archived' then
   redis.call('HDEL', KEYS[2], 'message', 'retry_ms')
+  if cur ~= 'archived' then
+    redis.call('ZADD', KEYS[5], tonumber(ARGV[4]), ARGV[1])
+    if redis.call('SADD', KEYS[6], ARGV[1]) == 1 and redis.call('SCARD', KEYS[6]) == 1 then
+      redis.call('HINCRBY', KEYS[7], 'objects', 1)
+      redis.call('HINCRBY', KEYS[7], 'bytes', tonumber(f.bytes))
+    end
+  end
   fields[#fields + 1] = 'archived_ms'; fields[#fields + 1] = now
 end
 local retry = tonumber(ARGV[3])
