@@ -41,7 +41,10 @@ from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("genrelay.archive")
 
-MAX_IDLE_S = 0.1
+MAX_IDLE_S = 0.5
+# Retries of a copy back off from 2 s up to 5 min (with jitter): a URL that keeps failing costs little.
+RETRY_BASE_S = 2.0
+RETRY_MAX_S = 300.0
 # How often a worker deletes the copies past their retention (and reads the usage for /metrics).
 EXPIRY_INTERVAL_S = 30.0
 FALLBACK_MIME = "application/octet-stream"
@@ -166,7 +169,7 @@ class Archiver:
         if claim.expires_ms is None and claim.tries >= self.config.max_tries:
             await self._settle(claim, "failed", f"{message} (gave up after {claim.tries} tries)")
             return
-        delay = backoff_seconds(claim.tries, self.settings.retry_base, self.settings.retry_max)
+        delay = backoff_seconds(claim.tries, RETRY_BASE_S, RETRY_MAX_S)
         retry_ms = int((time.time() + delay) * 1000)
         if claim.expires_ms is not None:
             retry_ms = min(retry_ms, claim.expires_ms)
