@@ -122,6 +122,11 @@ SCHEMAS: dict[str, Schema] = {
             "replyRef": {**_BOUNDED_TEXT, "description": "echoed back with the job"},
             "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": DEFAULT_PRIORITY},
             "requestId": {**_BOUNDED_TEXT, "description": "idempotency key: the same id is the same job"},
+            "archive": {
+                "type": "string",
+                "enum": ["before-notify", "after-notify"],
+                "description": "before-notify: tell replyUrl once the artifact is archived",
+            },
         },
         "examples": [
             {
