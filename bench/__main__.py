@@ -4,7 +4,8 @@ baseline measured in its own run.
 Without a name (``make bench``) the short ones run: slots, dispatch, callbacks, a 10 s callback
 burst and latency (jobs through a Redis link with 200 ms of latency). The long ones run only when
 named (see README "Measuring"): ``load`` (scenario F47 of docs/fault-scenarios.md, 10,000 jobs),
-``polling`` (the polling ceiling, 10,000 jobs for 60 s) and ``soak`` (scenario F48,
+``polling`` (the polling ceiling, 10,000 jobs for 60 s), ``archive`` (copy speed and memory
+of the artifact archive) and ``soak`` (scenario F48,
 ``make soak MINUTES=N``). Options after the name go to that benchmark:
 ``python -m bench load --jobs 500``. ``validation`` (job request validation, the msgspec models
 against the hand-written checks they replaced) runs only when named.
@@ -15,7 +16,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import callback_burst, callbacks, dispatch, load, polling, redis_latency, slots, soak, validation
+from bench import (
+    archive,
+    callback_burst,
+    callbacks,
+    dispatch,
+    load,
+    polling,
+    redis_latency,
+    slots,
+    soak,
+    validation,
+)
 
 
 def _plain(main: Callable[[], None]) -> Callable[[list[str]], int]:
@@ -38,6 +50,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "polling": polling.main,
     "soak": soak.main,
     "validation": _plain(validation.main),
+    "archive": archive.main,
 }
 SHORT = ("slots", "dispatch", "callbacks", "burst", "latency")
 

@@ -76,6 +76,13 @@ class JobRequest(Struct, frozen=True, forbid_unknown_fields=True, rename="camel"
     notify_progress: Annotated[
         bool, Meta(description="also POST each progress change to replyUrl, not only the end")
     ] = False
+    archive: (
+        Annotated[
+            Literal["before-notify", "after-notify"],
+            Meta(description="before-notify: tell replyUrl once the artifact is archived"),
+        ]
+        | None
+    ) = None
 
     @classmethod
     def from_json(cls, body: Any) -> JobRequest:
@@ -111,6 +118,7 @@ FIELD_RULES: dict[str, str] = {
     "priority": "must be an integer from 0 to 9 (higher runs first)",
     "requestId": _OPTIONAL_TEXT,
     "notifyProgress": "must be true or false",
+    "archive": "must be 'before-notify' or 'after-notify'",
 }
 _FIELD_NAMES = frozenset(field.encode_name for field in msgspec.structs.fields(JobRequest))
 _REFUSALS = {name: f"'{name}' {rule}" for name, rule in FIELD_RULES.items()}
@@ -253,6 +261,18 @@ Expiry = Annotated[
 ]
 
 
+class ArchiveCopy(ApiStruct, kw_only=True):
+    """Where genrelay's own copy of an asset stands."""
+
+    state: Literal["pending", "archived", "failed", "expired"]
+    sha256: str | None = None
+    bytes: int | None = None
+    mime_type: str | None = None
+    url: Annotated[str, Meta(description="GET it for our copy")] | None = None
+    message: str | None = None
+    retry_at: Millis | None = None
+
+
 class Asset(ApiStruct, kw_only=True):
     """One finished artifact, recorded once whether it came from a job or an import."""
 
@@ -273,6 +293,9 @@ class Asset(ApiStruct, kw_only=True):
     provider_asset_id: str | None = None
     created_at: Millis | None
     source: Literal["job", "import"] | None = None
+    archive: Annotated[
+        ArchiveCopy, Meta(description="our copy of the artifact (GET /v1/assets/{id}/content serves it)")
+    ]
 
 
 class AssetPage(ApiStruct):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis.asyncio as aioredis
 
-from daemon import keys
+from daemon import archive_state, keys
 from daemon.errors import NotFound
 from daemon.scripts import Scripts
 from daemon.settings import Settings
@@ -128,8 +128,9 @@ def imported_fields(
     return {name: value for name, value in fields.items() if value}
 
 
-def to_api(fields: Mapping[str, str]) -> dict[str, Any]:
-    """An asset record in the API's shape (names as in the providers' asset listings)."""
+def to_api(fields: Mapping[str, str], archive: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """An asset record in the API's shape (names as in the providers' asset listings), with how
+    its archived copy stands (``archive``; ``assetUrl`` stays the provider's URL)."""
     expires = fields.get("expires_ms") or None
     thumbnails: dict[str, dict[str, str]] = (
         orjson.loads(fields["thumbnails"]) if fields.get("thumbnails") else {}
@@ -150,6 +151,7 @@ def to_api(fields: Mapping[str, str]) -> dict[str, Any]:
         "providerAssetId": fields.get("provider_asset_id") or None,
         "createdAt": int(fields["created_ms"]) if fields.get("created_ms") else None,
         "source": fields.get("source") or None,
+        "archive": archive_state.to_api(dict(archive or {}), fields["id"]),
     }
     if expires:
         record["expirationDateString"] = expires
@@ -177,8 +179,11 @@ class AssetStore:
     async def get(self, asset_id: str) -> dict[str, Any] | None:
         if keys.provider_of_asset(asset_id) is None:
             return None
-        fields = await self.client.hgetall(keys.asset_key(asset_id))
-        return to_api(fields) if fields else None
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.asset_key(asset_id))
+            pipe.hgetall(archive_state.state_key(asset_id))
+            fields, archive = await pipe.execute()
+        return to_api(fields, archive) if fields else None
 
     async def require(self, asset_id: str) -> dict[str, Any]:
         found = await self.get(asset_id)
@@ -192,11 +197,15 @@ class AssetStore:
         asset_type: str | None = None,
         provider: str | None = None,
         workflow: str | None = None,
+        archive: str | None = None,
         page: int = 1,
         limit: int = 20,
     ) -> tuple[list[dict[str, Any]], int]:
         """Newest first; one page and the exact total matching the filters (each filter combination
-        has its own index per provider; providers are merged here)."""
+        has its own index per provider; providers are merged here). ``archive`` (an archive state)
+        is applied over the matching index, reading each entry's archive state."""
+        if archive is not None:
+            return await self._list_by_archive(asset_type, provider, workflow, archive, page, limit)
         providers = [provider] if provider else list(self.settings.providers())
         index_keys = [keys.asset_index_key(p, asset_type, workflow) for p in providers]
         oldest = int(time.time() * 1000) - self.retention_ms
@@ -211,11 +220,41 @@ class AssetStore:
             (entry for rows in results[1::2] for entry in rows), key=lambda e: (e[1], e[0]), reverse=True
         )
         ids = [asset_id for asset_id, _ in merged[(page - 1) * limit : page * limit]]
+        return await self._records(ids), total
+
+    async def _records(self, ids: list[str]) -> list[dict[str, Any]]:
         async with self.client.pipeline(transaction=False) as pipe:
             for asset_id in ids:
                 pipe.hgetall(keys.asset_key(asset_id))
-            records = await pipe.execute()
-        return [to_api(r) for r in records if r], total
+                pipe.hgetall(archive_state.state_key(asset_id))
+            rows = await pipe.execute()
+        return [to_api(r, a) for r, a in zip(rows[0::2], rows[1::2], strict=True) if r]
+
+    async def _list_by_archive(
+        self,
+        asset_type: str | None,
+        provider: str | None,
+        workflow: str | None,
+        state: str,
+        page: int,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], int]:
+        providers = [provider] if provider else list(self.settings.providers())
+        oldest = int(time.time() * 1000) - self.retention_ms
+        entries: list[tuple[str, float]] = []
+        for p in providers:
+            rows = await self.client.zrevrangebyscore(
+                keys.asset_index_key(p, asset_type, workflow), "+inf", f"({oldest}", withscores=True
+            )
+            entries.extend(rows)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for asset_id, _ in entries:
+                pipe.hget(archive_state.state_key(asset_id), "state")
+            states = await pipe.execute()
+        matching = [e for e, s in zip(entries, states, strict=True) if (s or "pending") == state]
+        matching.sort(key=lambda e: (e[1], e[0]), reverse=True)
+        ids = [asset_id for asset_id, _ in matching[(page - 1) * limit : page * limit]]
+        return await self._records(ids), len(matching)
 
     async def record_import(self, fields: Mapping[str, str]) -> Recorded:
         """Record an asset from a provider's listing unless it is known (see ``asset_lib.lua``)."""

@@ -17,6 +17,7 @@ import orjson
 
 if TYPE_CHECKING:
     from daemon.api_models import JobRequest as JobRequest
+from daemon import keys
 
 MAX_REF_LENGTH = 1024  # providers cap replyRef/replyUrl at 1024 characters
 MAX_PARAMS_BYTES = 64 * 1024  # a generation request is a prompt and a few URLs, not a payload
@@ -140,6 +141,13 @@ class Job:
             status["message"] = f["message"]
         if artifact:
             status["artifact"] = artifact
+            if f["state"] == State.COMPLETED:
+                # The asset its completion recorded: GET /v1/assets/{assetId} (and /content, our copy).
+                asset = artifact.get("asset") if isinstance(artifact.get("asset"), dict) else {}
+                provider_asset_id = asset.get("fileId") or asset.get("id")
+                artifact["assetId"] = keys.asset_id(
+                    self.provider, self.provider_job_id, provider_asset_id, self.id
+                )
         return {
             "jobId": self.id,
             "status": status,

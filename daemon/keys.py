@@ -8,6 +8,7 @@ primary, and the day arq supports Cluster only the queue has to move.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -140,6 +141,18 @@ def provider_of_asset(asset_id: str) -> str | None:
     """The provider named in an asset id, or None when the id is not one of ours."""
     match = ASSET_ID_PATTERN.fullmatch(asset_id)
     return match.group("provider") if match else None
+
+
+def asset_id(provider: str, provider_job_id: str | None, provider_asset_id: str | None, job_id: str) -> str:
+    """The id ``lua/asset_lib.lua`` gives the asset of this artifact (the same rule, in Python)."""
+    if provider_job_id:
+        identity = f"job:{provider_job_id}"
+    elif provider_asset_id:
+        identity = f"asset:{provider_asset_id}"
+    else:
+        identity = f"ours:{job_id}"
+    digest = hashlib.sha1(f"{provider}\n{identity}".encode()).hexdigest()
+    return f"{provider}-asset-{digest[:32]}"
 
 
 def asset_key_prefix(provider: str) -> str:

@@ -26,6 +26,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from daemon.accounts_file import DEFAULT_BASE_URLS, Account, http_url_problem, load_accounts
+from daemon.archive_settings import ArchiveSettings
 from daemon.errors import SettingsError
 from daemon.redis_settings import mask_url, redis_url_from_env, url_secrets
 
@@ -38,6 +39,7 @@ LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")
 
 _N = TypeVar("_N", int, float)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,7 @@ class Settings:
     delivery_allow_private: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_level: str
     log_format: str
+    archive: ArchiveSettings
 
     @classmethod
     def from_env(
@@ -122,12 +125,13 @@ class Settings:
             raise SettingsError(
                 f"GENRELAY_RETRY_MAX ({retry_max:g}) must be >= GENRELAY_RETRY_BASE ({retry_base:g})"
             )
+        data_dir = Path(reader.text("DATA_DIR") or DEFAULT_DATA_DIR)
         return cls(
             redis_url=redis_url_from_env(reader),
             redis_sentinels=tuple(
                 h.strip() for h in (reader.text("REDIS_SENTINELS") or "").split(",") if h.strip()
             ),
-            data_dir=Path(reader.text("DATA_DIR") or DEFAULT_DATA_DIR),
+            data_dir=data_dir,
             accounts_path=Path(accounts_text),
             accounts=load_accounts(
                 accounts_text, reader.env, required=require_accounts, require_keys=require_keys
@@ -197,9 +201,12 @@ class Settings:
             delivery_secret=_delivery_secret(reader),
             delivery_max_tries=reader.integer("DELIVERY_MAX_TRIES", 8, low=1),
             delivery_timeout=reader.number("DELIVERY_TIMEOUT", 10.0),
-            delivery_allow_private=_delivery_allow_private(reader),
+            delivery_allow_private=_allow_private(reader, "DELIVERY_ALLOW_PRIVATE"),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("LOG_FORMAT", "auto", LOG_FORMATS),
+            archive=ArchiveSettings.from_reader(
+                reader, data_dir, _allow_private(reader, "ARCHIVE_ALLOW_PRIVATE")
+            ),
         )
 
     def lease_ttl_for(self, provider: str) -> float:
@@ -229,6 +236,7 @@ class Settings:
         values = [account.api_key for account in self.accounts]
         values.extend(self.api_tokens)
         values.extend(value for value in (self.secret, self.secret_previous, self.delivery_secret) if value)
+        values.extend(self.archive.secrets())
         # Logs may show a Redis password as written in the URL or percent-decoded, as redis-py uses it.
         values.extend(url_secrets(self.redis_url))
         return tuple(dict.fromkeys(value for value in values if value))
@@ -346,10 +354,11 @@ def _delivery_secret(reader: _EnvReader) -> str | None:
     return raw
 
 
-def _delivery_allow_private(reader: _EnvReader) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """Networks an app's replyUrl may point into although they are not public: ``1`` for all of them
-    (tests, trusted networks), or a comma-separated list such as ``10.8.0.0/16,fd00::/8``."""
-    raw = reader.text("DELIVERY_ALLOW_PRIVATE")
+def _allow_private(reader: _EnvReader, suffix: str) -> tuple[IPNetwork, ...]:
+    """Networks an app's replyUrl (or an artifact URL) may point into although they are not public:
+    ``1`` for all of them (tests, trusted networks), or a comma-separated list such as
+    ``10.8.0.0/16,fd00::/8``."""
+    raw = reader.text(suffix)
     if raw is None or raw.lower() in ("0", "false", "no", "off"):
         return ()
     if raw.lower() in ("1", "true", "yes", "on"):
@@ -360,7 +369,7 @@ def _delivery_allow_private(reader: _EnvReader) -> tuple[ipaddress.IPv4Network |
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
             raise SettingsError(
-                f"GENRELAY_DELIVERY_ALLOW_PRIVATE has value {raw!r}: {item!r} is not a network; "
+                f"{ENV_PREFIX}{suffix} has value {raw!r}: {item!r} is not a network; "
                 "use 1, 0 or networks like 10.8.0.0/16,fd00::/8"
             ) from None
     return tuple(networks)

@@ -95,6 +95,9 @@ class JobStore:
             "priority": str(request.priority),
             "request_id": request.request_id or "",
             "notify_progress": "1" if request.notify_progress else "",
+            "archive_notify": "1"
+            if (request.archive or self.settings.archive.notify) == "before-notify"
+            else "",
         }
         scope = self.slots.scope(request.provider)
         result = await self.scripts.create_job(

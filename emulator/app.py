@@ -10,7 +10,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from emulator import control, ltx, ltxstudio, useapi_services, vydra
+from emulator import artifacts, control, ltx, ltxstudio, useapi_services, vydra
 from emulator.config import EmulatorConfig
 from emulator.ltx_state import STATE_KEY, EmulatorState
 from emulator.ltxstudio_state import STUDIO_KEY, StudioState
@@ -40,6 +40,8 @@ def create_app(
     app.add_routes(ltxstudio.routes())
     app.add_routes(useapi_services.routes())
     app.add_routes(vydra.routes())
+    app[artifacts.LOG_KEY] = []
+    app.add_routes(artifacts.routes())
     app.on_response_prepare.append(_add_request_id)
     return app
 

@@ -28,6 +28,11 @@ LIVE_KNOBS: tuple[str, ...] = (
     "vydra_rate_window_seconds",
     "vydra_status_shape",
     "vydra_list_webhook_url",
+    # result files (emulator/artifacts.py)
+    "public_base",
+    "artifact_bytes",
+    "artifact_urls_expired",
+    "artifact_stall_after",
 )
 
 # vydra's plans (docs/providers.md §3.5): requests per minute / hour / day and concurrent jobs.
@@ -96,6 +101,11 @@ class EmulatorConfig:
     vydra_status_shape: str = "documented"
     # [I] GET /api/v1/jobs entries carry the job's ``webhookUrl`` (so a client can read its ref back).
     vydra_list_webhook_url: bool = False
+    # Result files (emulator/artifacts.py): the size of every file, every URL answering 403 as an
+    # expired signed URL, a download that stops sending after this many bytes (0: never).
+    artifact_bytes: int = 65536
+    artifact_urls_expired: bool = False
+    artifact_stall_after: int = 0
 
     def __post_init__(self) -> None:
         for key, max_jobs in self.keys.items():
@@ -126,6 +136,9 @@ class EmulatorConfig:
         if self.vydra_status_shape not in VYDRA_STATUS_SHAPES:
             raise ValueError(f"vydra_status_shape must be one of {', '.join(sorted(VYDRA_STATUS_SHAPES))}")
         _check_bool("vydra_list_webhook_url", self.vydra_list_webhook_url)
+        _check_int("artifact_bytes", self.artifact_bytes, 1)
+        _check_bool("artifact_urls_expired", self.artifact_urls_expired)
+        _check_int("artifact_stall_after", self.artifact_stall_after, 0)
 
     def with_knobs(self, updates: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with some live knobs changed; raises ValueError on unknown or invalid values."""

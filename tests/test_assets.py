@@ -118,7 +118,11 @@ async def test_completed_jobs_record_one_asset_each_and_the_listing_filters_and_
     now_ms = int(time.time() * 1000)
     for job in jobs:
         asset = by_job[job["jobId"]]
-        assert asset == await get_json(api, f"/v1/assets/{asset['id']}")
+        # The archive's state moves on meanwhile (the emulator's URLs here do not resolve).
+        one = await get_json(api, f"/v1/assets/{asset['id']}")
+        assert {k: v for k, v in asset.items() if k != "archive"} == {
+            k: v for k, v in one.items() if k != "archive"
+        }
         assert asset["provider"] == job["provider"] and asset["account"] == job["account"]
         assert asset["workflow"] == job["operation"]
         assert asset["type"] == EXPECTED_TYPES[job["operation"]]

@@ -152,6 +152,10 @@ def test_provider_text_is_escaped_and_only_http_artifacts_are_linked() -> None:
     assert "no artifact" in artifact_link(None)
     image = artifact_link({"assetUrl": "https://cdn.example/a.webp?sig=1&x=2", "kind": ""})
     assert '<img class="thumb" src="https://cdn.example/a.webp?sig=1&amp;x=2"' in image
+    ours = artifact_link(
+        {"assetUrl": "https://cdn.example/v.mp4", "kind": "video", "assetId": f"ltx-asset-{'a' * 32}"}
+    )
+    assert f'href="/v1/assets/ltx-asset-{"a" * 32}/content?fallback=provider"' in ours
     video = artifact_link({"assetUrl": "https://cdn.example/v.mp4", "kind": "video"})
     assert '<a class="artifact" data-kind="video" href="https://cdn.example/v.mp4"' in video
     assert "<img" not in video
@@ -253,6 +257,12 @@ async def seed_finished_image_job(client: aioredis.Redis, url: str) -> str:
             "updated_ms": now_ms,
         },
     )
+    # Its asset record, as the completion writes it: the dashboard links our copy of it.
+    asset_id = keys.asset_id("ltx", None, None, job_id)
+    await client.hset(
+        keys.asset_key(asset_id),
+        mapping={"id": asset_id, "provider": "ltx", "type": "images", "url": url, "created_ms": now_ms},
+    )
     pk = keys.provider_keys("ltx")
     await client.zadd(pk.index, {job_id: now_ms})
     await client.zadd(pk.state("completed"), {job_id: now_ms})
@@ -328,8 +338,9 @@ async def check_running_jobs(page: Page, base: str) -> None:
 
 
 async def check_finished_jobs(page: Page, base: str, image_job: str) -> None:
-    """Once the first three end, the finished list links each artifact as the API lists it, and
-    the image artifact shows as a loaded thumbnail."""
+    """Once the first three end, the finished list links each artifact as the API lists it (with
+    tokens set, a link cannot carry one: the provider's URL, not our copy), and the image artifact
+    shows as a loaded thumbnail."""
     await page.wait_for_function(
         "() => document.querySelectorAll('#finished-jobs a.artifact[data-kind=\"video\"]').length === 3"
     )

@@ -29,7 +29,8 @@ import structlog
 from arq import Retry
 from yarl import URL
 
-from daemon import keys
+from daemon import archive_state, keys
+from daemon.archive_notify import hold_delivery
 from daemon.backoff import backoff_seconds
 from daemon.deliveries import DeadLetter, Signer, add_dead_letter, count_try, forget_tries, message_id
 from daemon.jobs import Job
@@ -156,8 +157,18 @@ async def deliver_job(ctx: dict[str, Any], job_id: str, seq: int) -> str:
     if not url:
         log.warning("delivery dropped: the job has no replyUrl", job_id=job_id, seq=seq)
         return "no_reply_url"
+    body = job.to_api()
+    artifact = body["status"].get("artifact")
+    if job.fields.get("archive_notify") and isinstance(artifact, dict) and artifact.get("assetId"):
+        asset_id = artifact["assetId"]
+        if await hold_delivery(client, asset_id, job_id, seq):
+            log.info("delivery waits for the archive", job_id=job_id, seq=seq, asset_id=asset_id)
+            return "waiting_for_archive"
+        artifact["archive"] = archive_state.to_api(
+            await archive_state.ArchiveState(client).get(asset_id), asset_id
+        )
     tries = await count_try(client, job_id, seq)
-    attempt = await sender.send(url, message_id(job_id, seq), orjson.dumps(job.to_api()))
+    attempt = await sender.send(url, message_id(job_id, seq), orjson.dumps(body))
     context = {"job_id": job_id, "seq": seq, "host": host_of(url), "status": attempt.status, "tries": tries}
     if attempt.outcome == "delivered":
         await forget_tries(client, job_id, seq)

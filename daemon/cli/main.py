@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from daemon.cli import accounts, assets, deliveries, demo, emulator, jobs, run
+from daemon.cli import accounts, archive, assets, deliveries, demo, emulator, jobs, run
 from daemon.cli.common import EXIT_FAILED, EXIT_USAGE, Command
 from daemon.errors import DaemonError, InvalidRequest, SettingsError
 
@@ -55,4 +55,5 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.add_parser(sub)
     deliveries.add_parser(sub)
     assets.add_parser(sub)
+    archive.add_parser(sub)
     return parser

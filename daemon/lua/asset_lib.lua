@@ -43,6 +43,8 @@ local function write_asset(key, index, a, retention_ms, now)
     redis.call('ZREMRANGEBYSCORE', k, '-inf', now - retention_ms)
     redis.call('ZADD', k, created, a.id)
   end
+  -- Due at once for the archive's copy (archive_claim.lua; the archive keeps its state apart).
+  redis.call('ZADD', index .. ':archive:queue', 'NX', created, a.id)
 end
 
 -- ``a``: the record's fields (provider, type, url, created_ms, ... as strings); ``mode``: 'job' (a

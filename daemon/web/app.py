@@ -21,6 +21,8 @@ from daemon.redis_connection import REQUEST_PATH
 from daemon.services import open_services
 from daemon.settings import Settings
 from daemon.web.api import MAX_BODY_BYTES, SERVICES, routes
+from daemon.web.archive_content import attach_backend
+from daemon.web.archive_content import routes as archive_routes
 from daemon.web.assets import routes as asset_routes
 from daemon.web.auth import bearer_auth, host_check
 from daemon.web.callbacks import routes as callback_routes
@@ -64,6 +66,8 @@ def create_app(settings: Settings, redis_url: str) -> web.Application:
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_routes(routes)
     app.router.add_routes(asset_routes)
+    app.router.add_routes(archive_routes)
+    attach_backend(app, settings.archive)
     app.router.add_routes(callback_routes)
     app.router.add_routes(dashboard_routes)
     app.router.add_routes(ops_routes)

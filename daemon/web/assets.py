@@ -10,6 +10,7 @@ import math
 
 from aiohttp import web
 
+from daemon.archive_state import STATES
 from daemon.assets import ASSET_TYPES, MAX_WORKFLOW_LENGTH, AssetStore
 from daemon.errors import InvalidRequest
 from daemon.services import Services
@@ -33,11 +34,13 @@ def asset_store(services: Services) -> AssetStore:
 
 @routes.get("/v1/assets")
 async def list_assets(request: web.Request) -> web.Response:
-    """Assets newest first, filtered by ``type``, ``provider`` and ``workflow`` (together too),
+    """Assets newest first, filtered by ``type``, ``provider``, ``workflow`` and ``archive`` (the
+    archived copy's state: pending, archived, failed, expired) (together too),
     paged with ``page``/``limit``. An empty parameter counts as not given."""
     services = request.app[SERVICES]
-    query = query_params(request, allowed=("type", "provider", "workflow", "page", "limit"))
+    query = query_params(request, allowed=("type", "provider", "workflow", "archive", "page", "limit"))
     asset_type = choice(query, "type", ASSET_TYPES)
+    archive = choice(query, "archive", STATES)
     provider = configured_provider(query, services, missing=InvalidRequest)
     workflow = query.get("workflow")
     if workflow is not None and len(workflow) > MAX_WORKFLOW_LENGTH:
@@ -45,7 +48,7 @@ async def list_assets(request: web.Request) -> web.Response:
     page = bounded_integer(query, "page", default=1, low=1)
     limit = bounded_integer(query, "limit", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)
     items, total = await asset_store(services).list_assets(
-        asset_type=asset_type, provider=provider, workflow=workflow, page=page, limit=limit
+        asset_type=asset_type, provider=provider, workflow=workflow, archive=archive, page=page, limit=limit
     )
     meta = {
         "totalItems": total,

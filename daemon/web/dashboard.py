@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
+from daemon.keys import ASSET_ID_PATTERN
 from daemon.slots import format_elapsed
 from daemon.store import MAX_PAGE_SIZE
 from daemon.web.api import SERVICES
@@ -83,9 +84,11 @@ async def dashboard(request: web.Request) -> web.Response:
     finished, _ = await services.store.list_jobs(
         state="completed", provider=None, page=1, limit=FINISHED_SHOWN
     )
-    page = render_dashboard(
-        capacity, [job.to_api() for job in active], active_total, [job.to_api() for job in finished]
-    )
+    latest = [job.to_api() for job in finished]
+    if tokens:  # a link cannot carry the bearer token our copy needs: link the provider's URL
+        for job in latest:
+            job["status"].get("artifact", {}).pop("assetId", None)
+    page = render_dashboard(capacity, [job.to_api() for job in active], active_total, latest)
     return web.Response(text=page, content_type="text/html", headers=_security_headers(_DASHBOARD_SCRIPT))
 
 
@@ -184,6 +187,10 @@ def artifact_link(artifact: dict[str, Any] | None) -> str:
         return '<span class="artifact none">no artifact</span>'
     kind = str((artifact or {}).get("kind") or "")
     path = urlsplit(url).path.lower()
+    asset_id = (artifact or {}).get("assetId")
+    if isinstance(asset_id, str) and ASSET_ID_PATTERN.match(asset_id):
+        # Our archived copy (the provider's URL while the copy is not done yet).
+        url = f"/v1/assets/{asset_id}/content?fallback=provider"
     if kind.startswith("image") or path.endswith(IMAGE_SUFFIXES):
         content = f'<img class="thumb" src="{escape(url)}" alt="{escape(kind or "image")}" loading="lazy">'
     elif kind == "video" or path.endswith(VIDEO_SUFFIXES):

@@ -126,6 +126,11 @@ PATHS: dict[str, dict[str, Schema]] = {
             parameters=[
                 query("status", {"type": "string", "enum": [s.value for s in State]}, "only this state"),
                 query("provider", {"type": "string"}, "only this provider"),
+                query(
+                    "archive",
+                    {"type": "string", "enum": ["pending", "archived", "failed", "expired"]},
+                    "only assets whose archived copy is in this state",
+                ),
                 query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}, "page"),
                 query(
                     "limit",
@@ -195,6 +200,25 @@ PATHS: dict[str, dict[str, Schema]] = {
                     "schema": {"type": "string"},
                     "description": "an asset's id, `<provider>-asset-<32 hex digits>`",
                 }
+            ],
+        ),
+    },
+    "/v1/assets/{assetId}/content": {
+        "get": operation(
+            "getAssetContent",
+            "Our archived copy of the asset (ETag = SHA-256; Range answers 206)",
+            {
+                200: {"description": "the bytes", "content": {"application/octet-stream": {}}},
+                206: {"description": "the requested range", "content": {"application/octet-stream": {}}},
+                302: {"description": "S3 presigned URL, or the provider's URL with fallback=provider"},
+                304: {"description": "If-None-Match matched"},
+                404: error("unknown asset, or no archived copy yet"),
+                416: {"description": "the range lies past the end"},
+            },
+            api=True,
+            parameters=[
+                {"name": "assetId", "in": "path", "required": True, "schema": {"type": "string"}},
+                query("fallback", {"type": "string", "enum": ["provider"]}, "redirect to the provider's URL"),
             ],
         ),
     },

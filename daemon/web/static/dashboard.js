@@ -119,9 +119,14 @@
     const url = artifact ? safeUrl(artifact.assetUrl) : null;
     if (!url) return h("span", { class: "artifact none" }, "no artifact");
     const kind = artifact.kind || "";
+    // Our archived copy (the provider's URL while the copy is not done yet). A link cannot carry
+    // the bearer token, so with tokens the provider's URL is linked.
+    const href = !token && /^[a-z][a-z0-9]*-asset-[0-9a-f]{32}$/.test(artifact.assetId || "")
+      ? `/v1/assets/${artifact.assetId}/content?fallback=provider`
+      : artifact.assetUrl;
     let content;
     if (kind.startsWith("image") || IMAGE_PATH.test(url.pathname)) {
-      content = h("img", { class: "thumb", src: artifact.assetUrl, alt: kind || "image", loading: "lazy" });
+      content = h("img", { class: "thumb", src: href, alt: kind || "image", loading: "lazy" });
     } else if (kind === "video" || VIDEO_PATH.test(url.pathname)) {
       content = "▶ video";
     } else {
@@ -129,7 +134,7 @@
     }
     return h(
       "a",
-      { class: "artifact", "data-kind": kind, href: artifact.assetUrl, target: "_blank", rel: "noopener noreferrer" },
+      { class: "artifact", "data-kind": kind, href, target: "_blank", rel: "noopener noreferrer" },
       content,
     );
   }

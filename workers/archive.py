@@ -1,0 +1,217 @@
+"""The archive loop: copies every recorded artifact into the archive before its provider URL expires.
+
+One ``Archiver`` per worker process claims due assets of every provider from the archive queues
+(``lua/archive_claim.lua``; a claim left by a dead worker is due again after
+``GENRELAY_ARCHIVE_CLAIM_TTL``), copies up to ``GENRELAY_ARCHIVE_CONCURRENCY`` at once and records
+each outcome (``lua/archive_finish.lua``). An attempt downloads into a partial file under the
+staging directory (``daemon/archive_fetch.py``), then hands the complete file to the backend and
+only then writes the record. The partial file is kept across failures and crashes, so the next
+attempt, in this worker or the next one started on the host, resumes it with ``Range``; a lock on
+it keeps two attempts apart.
+
+Outcomes: ``archived``; ``failed`` for good (refused address, over the size cap, out of tries);
+``failed`` and retried (the disk or bucket refused the write); ``pending`` and retried (network,
+5xx, timeouts) with backoff and jitter while the URL lives; ``expired`` once the URL is past its
+expiry (or the provider keeps refusing it). The job is never touched: its state stays what it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+
+from daemon.archive_fetch import FetchError, discard, fetch
+from daemon.archive_metrics import record_outcome, set_usage
+from daemon.archive_notify import release_deliveries
+from daemon.archive_state import ArchiveState, Claim
+from daemon.archive_store import ArchiveBackend, StorageError, open_backend
+from daemon.backoff import backoff_seconds
+from daemon.providers.base import USER_AGENT
+from daemon.settings import Settings
+from daemon.url_guard import UrlGuard
+from workers.runtime import WorkerRuntime
+
+log = structlog.get_logger("genrelay.archive")
+
+MAX_IDLE_S = 0.5
+# Retries of a copy back off from 2 s up to 5 min (with jitter): a URL that keeps failing costs little.
+RETRY_BASE_S = 2.0
+RETRY_MAX_S = 300.0
+# How often a worker deletes the copies past their retention (and reads the usage for /metrics).
+EXPIRY_INTERVAL_S = 30.0
+FALLBACK_MIME = "application/octet-stream"
+
+
+class Archiver:
+    def __init__(self, runtime: WorkerRuntime, backend: ArchiveBackend | None = None) -> None:
+        self.runtime = runtime
+        self.settings: Settings = runtime.services.settings
+        self.config = self.settings.archive
+        self.state = ArchiveState(runtime.services.client)
+        self.backend = backend or open_backend(self.config)
+        self.guard = UrlGuard(self.config.allow_private)
+        self.claim_ms = int(self.config.claim_ttl * 1000)
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.session = aiohttp.ClientSession(
+            connector=self.guard.connector(limit=self.config.concurrency * 2),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+            auto_decompress=False,  # the bytes as the provider stores them: their hash, their size
+            trust_env=False,
+        )
+
+    async def run(self) -> None:
+        stopping = self.runtime.stopping
+        providers = self.settings.providers()
+        next_expiry = 0.0
+        try:
+            while not stopping.is_set():
+                if time.monotonic() >= next_expiry:
+                    next_expiry = time.monotonic() + min(EXPIRY_INTERVAL_S, self.config.retention / 2)
+                    await self.expire()
+                claimed = 0
+                for provider in providers:
+                    free = self.config.concurrency - len(self.in_flight)
+                    if free <= 0:
+                        break
+                    for claim in await self.state.claim(provider, free, self.claim_ms):
+                        claimed += 1
+                        task = asyncio.create_task(self.archive(claim))
+                        self.in_flight.add(task)
+                        task.add_done_callback(self.in_flight.discard)
+                if claimed == 0 or len(self.in_flight) >= self.config.concurrency:
+                    stop = asyncio.ensure_future(stopping.wait())
+                    waiters: set[asyncio.Future[Any]] = {stop, *self.in_flight}
+                    await asyncio.wait(waiters, timeout=MAX_IDLE_S, return_when=asyncio.FIRST_COMPLETED)
+                    stop.cancel()
+        finally:
+            for task in self.in_flight:
+                task.cancel()
+            await asyncio.gather(*self.in_flight, return_exceptions=True)
+            await self.session.close()
+
+    async def expire(self) -> None:
+        """Delete the copies past GENRELAY_ARCHIVE_RETENTION that no asset refers to any more."""
+        try:
+            for sha in await self.state.expire():
+                await self.backend.delete(sha)
+                log.info("archived object deleted after its retention", sha256=sha)
+            set_usage(*await self.state.usage())
+        except Exception:
+            log.exception("archive retention pass failed")
+
+    async def archive(self, claim: Claim) -> None:
+        part = self.config.staging_dir / f"{claim.asset_id}.part"
+        try:
+            with _locked(part) as locked:
+                if not locked:
+                    return  # another attempt on this host holds it; its claim renewals keep it
+                renewing = asyncio.create_task(self._renew(claim))
+                try:
+                    await self._attempt(claim, part)
+                finally:
+                    renewing.cancel()
+        except Exception:
+            log.exception("archive attempt crashed", asset_id=claim.asset_id)
+
+    async def _attempt(self, claim: Claim, part: Path) -> None:
+        config = self.config
+        try:
+            fetched = await fetch(
+                self.session,
+                self.guard,
+                claim.url,
+                part,
+                max_bytes=config.max_bytes,
+                read_timeout=config.timeout,
+            )
+            mime = claim.mime or fetched.mime or FALLBACK_MIME
+            if not await self.backend.exists(fetched.sha256):
+                await self.backend.put(part, fetched.sha256, mime)
+            discard(part)
+        except StorageError as exc:
+            await self._retry(claim, "failed", exc.args[0] if exc.args else str(exc))
+            return
+        except FetchError as exc:
+            await self._failed(claim, exc)
+            return
+        fields = {"state": "archived", "sha256": fetched.sha256, "bytes": str(fetched.size), "mime": mime}
+        retention_ms = int(config.retention * 1000)
+        await self.state.finish(claim, {**fields, "final": "1"}, retention_ms=retention_ms)
+        await release_deliveries(self.runtime.services.client, claim.asset_id)
+        record_outcome("archived", fetched.size)
+        log.info(
+            "asset archived", asset_id=claim.asset_id, bytes=fetched.size, resumed_from=fetched.resumed_from
+        )
+
+    async def _failed(self, claim: Claim, exc: FetchError) -> None:
+        if exc.kind in ("refused", "too_large"):
+            await self._settle(claim, "failed", exc.message)
+        elif exc.kind == "storage":
+            await self._retry(claim, "failed", exc.message)
+        elif exc.kind == "gone" and (_past(claim.expires_ms) or claim.tries >= self.config.max_tries):
+            await self._settle(claim, "expired", f"{exc.message}; the URL has expired")
+        else:
+            await self._retry(claim, "pending", exc.message)
+
+    async def _retry(self, claim: Claim, state: str, message: str) -> None:
+        if _past(claim.expires_ms):
+            await self._settle(claim, "expired", f"{message}; the URL expired before a copy succeeded")
+            return
+        if claim.expires_ms is None and claim.tries >= self.config.max_tries:
+            await self._settle(claim, "failed", f"{message} (gave up after {claim.tries} tries)")
+            return
+        delay = backoff_seconds(claim.tries, RETRY_BASE_S, RETRY_MAX_S)
+        retry_ms = int((time.time() + delay) * 1000)
+        if claim.expires_ms is not None:
+            retry_ms = min(retry_ms, claim.expires_ms)
+        await self.state.finish(claim, {"state": state, "message": message}, retry_ms=retry_ms)
+        record_outcome(f"retry_{state}", 0)
+        log.warning("archive attempt failed", asset_id=claim.asset_id, error=message, tries=claim.tries)
+
+    async def _settle(self, claim: Claim, state: str, message: str) -> None:
+        discard(self.config.staging_dir / f"{claim.asset_id}.part")
+        await self.state.finish(claim, {"state": state, "message": message, "final": "1"})
+        await release_deliveries(self.runtime.services.client, claim.asset_id)
+        record_outcome(state, 0)
+        log.warning("archive gave up", asset_id=claim.asset_id, state=state, error=message)
+
+    async def _renew(self, claim: Claim) -> None:
+        while True:
+            await asyncio.sleep(self.config.claim_ttl / 3)
+            with contextlib.suppress(Exception):
+                await self.state.renew(claim, self.claim_ms)
+
+
+def _past(expires_ms: int | None) -> bool:
+    return expires_ms is not None and expires_ms <= time.time() * 1000
+
+
+@contextlib.contextmanager
+def _locked(part: Path) -> Iterator[bool]:
+    part.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = part.with_suffix(".lock")
+    with lock_path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if not part.exists():
+                lock_path.unlink(missing_ok=True)
+
+
+async def archive_forever(runtime: WorkerRuntime) -> None:
+    await Archiver(runtime).run()
