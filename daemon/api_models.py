@@ -79,7 +79,10 @@ class JobRequest(Struct, frozen=True, forbid_unknown_fields=True, rename="camel"
     archive: (
         Annotated[
             Literal["before-notify", "after-notify"],
-            Meta(description="before-notify: tell replyUrl once the artifact is archived"),
+            Meta(
+                description="before-notify: tell replyUrl once the artifact is archived",
+                examples=["before-notify"],
+            ),
         ]
         | None
     ) = None

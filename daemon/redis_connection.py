@@ -8,7 +8,8 @@ the URL is composed from the ``GENRELAY_REDIS_*`` settings by :mod:`daemon.setti
   percent-decoded (``p%40ss%3Aw%2Frd`` is ``p@ss:w/rd``). TLS options go in the query:
   ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` (required, optional, none),
   ``ssl_check_hostname``.
-* ``unix://[user:password@]/path/to/redis.sock[?db=N]``.
+* ``unix://[user:password@]/path/to/redis.sock[?db=N]``; as in redis-py, the user and password may
+  instead be query options (``?db=0&password=...``), the form the embedded server's URL takes.
 * ``redis+sentinel://[user:password@]host1:port1,host2:port2[/db]?master=NAME`` (``rediss+sentinel``:
   TLS to the data nodes). User and password are the data nodes'; ``sentinel_username``,
   ``sentinel_password`` and ``sentinel_tls=1`` (same TLS files) are the sentinels'.
@@ -70,6 +71,7 @@ SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 # The query options a URL may carry (anything else is a typo that would otherwise be ignored).
 TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 SENTINEL_OPTIONS = ("master", "sentinel_username", "sentinel_password", "sentinel_tls")
+UNIX_OPTIONS = ("username", "password")
 CERT_REQS = ("required", "optional", "none")
 DEFAULT_MASTER = "mymaster"
 
@@ -191,6 +193,8 @@ def parse_target(url: str) -> Target:
         raise ValueError(f"must start with one of {', '.join(s + '://' for s in SCHEMES)}")
     query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
     allowed = ("db", *TLS_OPTIONS, *(SENTINEL_OPTIONS if scheme in SENTINEL_SCHEMES else ()))
+    if scheme == "unix":
+        allowed = (*allowed, *UNIX_OPTIONS)
     unknown = sorted(set(query) - set(allowed))
     if unknown:
         raise ValueError(f"has unknown query option(s) {', '.join(unknown)}; known: {', '.join(allowed)}")

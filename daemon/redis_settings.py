@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["mask_url", "redis_url_from_env", "url_secrets"]
 
-_SECRET_QUERY = ("sentinel_password",)
+_SECRET_QUERY = ("password", "sentinel_password")
 
 
 class _Reader(Protocol):

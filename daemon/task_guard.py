@@ -2,13 +2,14 @@
 tasks tell the work it scheduled from work somebody else wrote into Redis.
 
 Apps enqueue jobs through Redis with ``accept_job`` under the arq id ``accept:<job id>`` (README,
-"Enqueue from any language"); that is the only entry. genrelay's internal tasks are scheduled by its
-Lua scripts and its own code under arq ids that name the task and its arguments (``submit:<job>:<ms>``,
-``deliver:<job>:<seq>``, ``cancel:<job>``, ``dispatch:<provider>:<s>``, ``capacity:<provider>:<ds>``),
-and each task checks, before it does anything, that its arq id is the one genrelay gives such work and
-that the job is in the state that work needs (the scripts check again, atomically). A payload written
-under ``accept:...`` that names an internal task, or an internal task with arguments genrelay never
-scheduled, is refused: logged and counted in the hash ``genrelay:tasks:refused`` (task -> count).
+"Enqueue from any language"); that is the only entry. genrelay's internal tasks are scheduled by its Lua
+scripts and its own code under arq ids that name the task and its arguments (``submit:<job>:<ms>``,
+``deliver:<job>:<seq>`` (``...:archived`` once the archive releases a parked delivery),
+``cancel:<job>``, ``dispatch:<provider>:<s>``, ``capacity:<provider>:<ds>``), and each task checks,
+before it does anything, that its arq id is the one genrelay gives such work and that the job is in the
+state that work needs (the scripts check again, atomically). A payload written under ``accept:...`` that
+names an internal task, or an internal task with arguments genrelay never scheduled, is refused: logged
+and counted in the hash ``genrelay:tasks:refused`` (task -> count).
 
 A payload the worker cannot read at all (not JSON, not arq's shape, an unknown task) is handed to
 ``accept_job`` as malformed: when its arq id names a job (``accept:<job id>``) that job ends ``failed``

@@ -7,6 +7,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from daemon.accounts_file import USEAPI_PROVIDERS
-from daemon.embedded_redis import EmbeddedRedis
+from daemon.embedded_redis import EmbeddedRedis, config_command
 from daemon.redis_connection import connect
 from daemon.services import Services, open_services
 from daemon.settings import Settings
@@ -54,6 +55,15 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+async def config_set(client: aioredis.Redis, redis_url: str, name: str, value: str) -> None:
+    """``CONFIG SET`` on the test Redis: the embedded server knows the command under its random name
+    (kept in its data dir, beside the socket); an external server under its own."""
+    command = "CONFIG"
+    if redis_url.startswith("unix://"):
+        command = config_command(Path(urlsplit(redis_url).path).parent) or command
+    await client.execute_command(command, "SET", name, value)
 
 
 class Emulator:

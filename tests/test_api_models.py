@@ -54,12 +54,21 @@ def validator(component: str) -> jsonschema_rs.Validator:
     )
 
 
+def kind_of(schema: Schema) -> str:
+    """The JSON type of a property; an ``enum`` of strings is a string."""
+    if "enum" in schema and "type" not in schema:
+        assert all(isinstance(choice, str) for choice in schema["enum"]), schema
+        return "string"
+    kind: str = schema["type"]
+    return kind
+
+
 def valid_value(schema: Schema) -> Any:
     """A value the property's schema allows, and not its default (so the test sees it kept)."""
     schema = non_null(schema)
     if "examples" in schema:
         return schema["examples"][0]
-    kind = schema["type"]
+    kind = kind_of(schema)
     if kind == "string":
         assert "pattern" not in schema, f"give a patterned property an example: {schema}"
         return "v" * max(schema.get("minLength", 1), 3)
@@ -74,7 +83,7 @@ def valid_value(schema: Schema) -> Any:
 def invalid_values(schema: Schema) -> Iterator[Any]:
     """Values the property's schema forbids: another type, and each bound crossed."""
     schema = non_null(schema)
-    kind = schema["type"]
+    kind = kind_of(schema)
     yield {"string": 7, "integer": "7", "boolean": "yes", "object": ["x"]}[kind]
     if kind == "integer":
         yield True
@@ -88,6 +97,8 @@ def invalid_values(schema: Schema) -> Iterator[Any]:
         yield base + "v" * (schema["maxLength"] + 1 - len(base))
     if "pattern" in schema:
         yield "nope://" + "v" * 3
+    if "enum" in schema:
+        yield "not-" + schema["enum"][0]
     if "minimum" in schema:
         yield schema["minimum"] - 1
     if "maximum" in schema:

@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from daemon import archive_state
-from daemon.archive_backfill import run_backfill
 from daemon.assets import AssetStore
+from daemon.cli.archive_backfill import run_backfill
 from daemon.services import Services
 from daemon.settings import Settings
 from emulator.artifacts import sha256_of

@@ -51,7 +51,8 @@ def test_settings_without_keys_keep_the_accounts_and_leave_their_keys_empty(
         ("a1", "LTX_KEY_A1", ""),
         ("a2", "LTX_KEY_A2", ""),
     ]
-    assert settings.secrets() == ()
+    # Only the daemon's own secret is left to redact: no provider key is held.
+    assert settings.secrets() == (env["GENRELAY_SECRET"],)
 
 
 async def test_web_still_refuses_to_start_without_the_keys(tmp_path: Path, redis_url: str) -> None:

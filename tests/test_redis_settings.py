@@ -61,6 +61,16 @@ def test_a_unix_socket_takes_a_password_from_the_settings(tmp_path: Path) -> Non
     assert options["path"] == "/run/redis.sock" and options["password"] == "pw/1"
 
 
+def test_a_unix_socket_password_in_the_query_is_used_and_kept_out_of_logs(tmp_path: Path) -> None:
+    """The embedded server's URL form (``?db=0&password=...``, as redis-py reads it)."""
+    built = settings(tmp_path, GENRELAY_REDIS_URL="unix:///run/redis.sock?db=0&password=s3cret-pw")
+    assert built.redis_url is not None
+    options = parse_target(built.redis_url).options
+    assert options["path"] == "/run/redis.sock" and options["password"] == "s3cret-pw"
+    assert "s3cret-pw" not in repr(built)
+    assert "s3cret-pw" in built.secrets()
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

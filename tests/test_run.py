@@ -19,7 +19,7 @@ from daemon import keys
 from daemon.client import Client
 from daemon.embedded_redis import find_running
 from daemon.processes import Child, Supervisor, child_env
-from tests.conftest import API_KEYS, Emulator, process_env, write_accounts
+from tests.conftest import API_KEYS, Emulator, config_set, process_env, write_accounts
 from tests.test_reconcile import until
 from workers.worker import health_check_key
 
@@ -108,7 +108,7 @@ async def test_run_restarts_a_killed_worker_and_each_worker_has_its_own_health_n
 ) -> None:  # type: ignore[no-untyped-def]
     host = socket.gethostname()
     first, second = health_check_key(f"{host}-1"), health_check_key(f"{host}-2")
-    await redis_client.config_set("notify-keyspace-events", "Kg$")
+    await config_set(redis_client, redis_url, "notify-keyspace-events", "Kg$")
     pubsub = redis_client.pubsub()
     try:
         await pubsub.psubscribe(f"__keyspace@*__:{health_check_key(host)}-*")
@@ -130,7 +130,7 @@ async def test_run_restarts_a_killed_worker_and_each_worker_has_its_own_health_n
         assert await run.stop() == 0
     finally:
         await pubsub.aclose()
-        await redis_client.config_set("notify-keyspace-events", "")
+        await config_set(redis_client, redis_url, "notify-keyspace-events", "")
 
 
 async def test_ctrl_c_lets_the_submission_in_flight_finish(

@@ -144,8 +144,10 @@ async def deliver_job(ctx: dict[str, Any], job_id: str, seq: int) -> str:
     sender: DeliverySender = ctx[DELIVERY_SENDER]
     client = runtime.services.client
     # notify_app (lua/lib.lua) and a replay schedule it as 'deliver:<job id>:<seq>' for a transition
-    # the job has had; anything else was not scheduled by genrelay.
-    if not isinstance(seq, int) or isinstance(seq, bool) or arq_id(ctx) != f"deliver:{job_id}:{seq}":
+    # the job has had, and the archive releases a parked one as 'deliver:<job id>:<seq>:archived'
+    # (daemon/archive_notify.py); anything else was not scheduled by genrelay.
+    scheduled = (f"deliver:{job_id}:{seq}", f"deliver:{job_id}:{seq}:archived")
+    if not isinstance(seq, int) or isinstance(seq, bool) or arq_id(ctx) not in scheduled:
         return await refuse(client, "deliver_job", ctx, "not scheduled by genrelay")
     job = await runtime.services.store.get(job_id)
     if job is not None and not 0 <= seq <= int(job.fields.get("seq") or 0):

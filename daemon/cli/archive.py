@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from daemon.archive_backfill import run_backfill
+    from daemon.cli.archive_backfill import run_backfill
 
     settings = load_settings()
     return asyncio.run(run_backfill(settings, existing_redis(settings), args))
