@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from daemon import archive_state, keys
 from daemon.slots import ARQ_EXPIRY_MS
+from daemon.tasks import Task
 
 
 def waiters_key(asset_id: str) -> str:
@@ -56,7 +57,7 @@ async def release_deliveries(client: aioredis.Redis, asset_id: str) -> int:
             arq_id = f"deliver:{job_id}:{seq}:archived"
             payload: dict[str, object] = {
                 "t": None,
-                "f": "deliver_job",
+                "f": Task.DELIVER,
                 "a": [job_id, int(seq)],
                 "k": {},
                 "et": now,

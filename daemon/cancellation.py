@@ -11,8 +11,9 @@ from daemon.client import arq_payload, enqueue
 from daemon.errors import Conflict
 from daemon.jobs import State, Update
 from daemon.services import Services
+from daemon.tasks import Task
 
-CANCEL_AT_PROVIDER = "cancel_at_provider"
+CANCEL_AT_PROVIDER = Task.CANCEL_AT_PROVIDER
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from daemon import keys
 from daemon.jobs import DEFAULT_PRIORITY, REQUEST_NAMESPACE, TERMINAL, Job, JobRequest, State
 from daemon.redis_connection import connect
+from daemon.tasks import Task
 
 # arq drops a queued job whose key expired; a worker takes it within milliseconds when one runs.
 ACCEPT_EXPIRY_MS = 7 * 86_400_000
@@ -40,7 +41,7 @@ def arq_payload(function: str, args: list[Any], now_ms: int) -> bytes:
 
 def accept_payload(job_id: str, request: dict[str, Any], now_ms: int) -> bytes:
     """The arq job that asks a worker to accept ``request`` as ``job_id``."""
-    return arq_payload("accept_job", [job_id, request], now_ms)
+    return arq_payload(Task.ACCEPT, [job_id, request], now_ms)
 
 
 async def enqueue(redis: aioredis.Redis, arq_id: str, payload: bytes, now_ms: int) -> None:

@@ -30,12 +30,13 @@ from daemon.redis_connection import connect
 from daemon.secret_store import resolve_secret
 from daemon.settings import Settings
 from daemon.slots import ARQ_EXPIRY_MS
+from daemon.tasks import Task
 
 SECRET_PREFIX = "whsec_"
 # Domain separation: the delivery key derived from GENRELAY_SECRET can never equal a key that secret
 # signs anything else with (callback tokens). Changing this string changes every app's secret.
 DERIVATION_LABEL = b"genrelay webhook delivery signing key v1"
-DELIVER_TASK = "deliver_job"
+DELIVER_TASK = Task.DELIVER
 
 
 def derive_secret(shared_secret: str) -> str:

@@ -12,8 +12,11 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from daemon.tasks import lua_names
+
 _LUA = resources.files("daemon") / "lua"
-_PRELUDE = (_LUA / "lib.lua").read_text()
+# The tasks' queue names come from daemon/tasks.py, ahead of the prelude that schedules them.
+_PRELUDE = lua_names() + (_LUA / "lib.lua").read_text()
 _STANDALONE = frozenset({"claim_polls", "record_asset", "take_request", "postpone_poll", "reject_job"})
 # Scripts that record assets also get asset_lib.lua (after the slot prelude, when they have it).
 _ASSET_LIB = (_LUA / "asset_lib.lua").read_text()

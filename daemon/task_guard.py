@@ -31,13 +31,14 @@ import structlog
 
 from daemon import keys
 from daemon.input_limits import json_problem
+from daemon.tasks import Task
 
 __all__ = ["REFUSED_KEY", "arq_id", "refuse", "task_deserializer"]
 
 log = structlog.get_logger("genrelay.tasks")
 
 REFUSED_KEY = f"{keys.PREFIX}:tasks:refused"
-ACCEPT_TASK = "accept_job"
+ACCEPT_TASK = Task.ACCEPT
 
 
 def arq_id(ctx: dict[str, Any]) -> str:

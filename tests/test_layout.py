@@ -63,3 +63,16 @@ def test_docs_cited_by_the_sources_exist() -> None:
     }
     assert cited, "the sources cite docs/ for the provider contracts"
     assert sorted(name for name in cited if not (ROOT / name).is_file()) == []
+
+
+def test_no_lua_script_names_a_task() -> None:
+    """The tasks' queue names live in daemon/tasks.py; the scripts get them as locals."""
+    from daemon.tasks import Task
+
+    found = [
+        f"{path.relative_to(ROOT)}: {task.value}"
+        for path in sorted((ROOT / "daemon" / "lua").glob("*.lua"))
+        for task in Task
+        if task.value in path.read_text()
+    ]
+    assert found == []

@@ -17,6 +17,7 @@ from daemon.errors import InvalidRequest
 from daemon.input_limits import check_json
 from daemon.jobs import JobRequest
 from daemon.task_guard import arq_id, refuse
+from daemon.tasks import Task
 from workers.runtime import RUNTIME, WorkerRuntime
 
 log = structlog.get_logger("genrelay.accept")
@@ -38,7 +39,7 @@ async def accept_job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
         problem = f"the job id must be the one of the queue entry, '{PREFIX}<job id>'"
     if problem is not None:
         if recovered is None:
-            return await refuse(runtime.services.client, "accept_job", ctx, problem)
+            return await refuse(runtime.services.client, Task.ACCEPT, ctx, problem)
         await store.reject(recovered, None, problem)
         return "rejected"
     job_id, body = args

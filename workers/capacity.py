@@ -27,11 +27,12 @@ from daemon.providers import get_provider
 from daemon.providers.base import CapacityProvider, ProviderCapacity
 from daemon.slots import Reconciled
 from daemon.task_guard import arq_id, refuse
+from daemon.tasks import Task
 from workers.runtime import RUNTIME, WorkerRuntime
 
 log = structlog.get_logger("genrelay.capacity")
 
-CAPACITY_TASK = "sync_capacity"
+CAPACITY_TASK = Task.SYNC_CAPACITY
 
 
 def capacity_provider(provider: str) -> CapacityProvider | None:

@@ -38,6 +38,7 @@ from daemon.providers.base import USER_AGENT, retry_after_seconds
 from daemon.settings import Settings
 from daemon.slots import ARQ_EXPIRY_MS
 from daemon.task_guard import arq_id, refuse
+from daemon.tasks import Task
 from daemon.url_guard import UrlGuard, UrlRefused
 from workers.runtime import RUNTIME, WorkerRuntime
 
@@ -148,10 +149,10 @@ async def deliver_job(ctx: dict[str, Any], job_id: str, seq: int) -> str:
     # (daemon/archive_notify.py); anything else was not scheduled by genrelay.
     scheduled = (f"deliver:{job_id}:{seq}", f"deliver:{job_id}:{seq}:archived")
     if not isinstance(seq, int) or isinstance(seq, bool) or arq_id(ctx) not in scheduled:
-        return await refuse(client, "deliver_job", ctx, "not scheduled by genrelay")
+        return await refuse(client, Task.DELIVER, ctx, "not scheduled by genrelay")
     job = await runtime.services.store.get(job_id)
     if job is not None and not 0 <= seq <= int(job.fields.get("seq") or 0):
-        return await refuse(client, "deliver_job", ctx, "the job has had no such transition")
+        return await refuse(client, Task.DELIVER, ctx, "the job has had no such transition")
     if job is None:
         log.warning("delivery dropped: the job is gone (expired after its retention)", job_id=job_id, seq=seq)
         return "missing"

@@ -12,6 +12,7 @@ from daemon.jobs import Job, State
 from daemon.providers import get_provider
 from daemon.slots import EVENTS_MAXLEN
 from daemon.task_guard import arq_id, refuse
+from daemon.tasks import Task
 from workers.runtime import RUNTIME, WorkerRuntime
 
 log = structlog.get_logger("genrelay.cancel")
@@ -22,13 +23,15 @@ async def cancel_at_provider(ctx: dict[str, Any], job_id: str) -> str:
     # Scheduled by daemon.cancellation as 'cancel:<job id>' once the job is canceled here; anything else
     # (a forged task, a job that was not canceled, or one already answered for) is refused.
     if arq_id(ctx) != f"cancel:{job_id}":
-        return await refuse(runtime.services.client, "cancel_at_provider", ctx, "not scheduled by genrelay")
+        return await refuse(
+            runtime.services.client, Task.CANCEL_AT_PROVIDER, ctx, "not scheduled by genrelay"
+        )
     job = await runtime.services.store.get(job_id)
     if job is None or job.provider_job_id is None:
         return "nothing to cancel"
     if job.state is not State.CANCELED or job.fields.get("cancel_note"):
         return await refuse(
-            runtime.services.client, "cancel_at_provider", ctx, f"the job is {job.state.value}"
+            runtime.services.client, Task.CANCEL_AT_PROVIDER, ctx, f"the job is {job.state.value}"
         )
     return await stop_at_provider(runtime, job)
 

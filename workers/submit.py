@@ -24,6 +24,7 @@ from daemon.metrics import count_submit_outcomes
 from daemon.providers import get_provider, webhook_provider
 from daemon.store import SubmitClaim
 from daemon.task_guard import arq_id, refuse
+from daemon.tasks import Task
 from workers.capacity import fail_uncertain, lists_reply_refs, request_reconcile
 from workers.provider_cancel import stop_at_provider
 from workers.runtime import RUNTIME, WorkerRuntime
@@ -39,7 +40,7 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
     # Scheduled by the slot scripts (lua/lib.lua enqueue_submit) as 'submit:<job id>:<ms>'; the claim
     # script then checks the job holds a live lease.
     if provider_of(job_id) is None or not arq_id(ctx).startswith(f"submit:{job_id}:"):
-        return await refuse(runtime.services.client, "submit_job", ctx, "not scheduled by genrelay")
+        return await refuse(runtime.services.client, Task.SUBMIT, ctx, "not scheduled by genrelay")
     # Redis blips are waited out inside the attempt (see until_redis_answers), with one token for
     # the attempt so that a claim resent after a lost reply is not taken for a dead worker's.
     hold_s = runtime.services.settings.job_timeout / 2
@@ -183,7 +184,7 @@ async def _dispatch_when_cooled(ctx: dict[str, Any], provider: str, until_ms: in
         return
     second = until_ms // 1000 + 1
     await pool.enqueue_job(
-        "dispatch_waiting",
+        Task.DISPATCH_WAITING,
         provider,
         _job_id=f"dispatch:{provider}:{second}",
         _defer_until=datetime.fromtimestamp(second, UTC),
@@ -196,7 +197,7 @@ async def dispatch_waiting(ctx: dict[str, Any], provider: str) -> int:
     if provider not in runtime.services.settings.providers() or not arq_id(ctx).startswith(
         f"dispatch:{provider}:"
     ):
-        await refuse(runtime.services.client, "dispatch_waiting", ctx, "not scheduled by genrelay")
+        await refuse(runtime.services.client, Task.DISPATCH_WAITING, ctx, "not scheduled by genrelay")
         return 0
     expired = await runtime.services.slots.sweep(provider, limit=0)
     return len(expired)

@@ -19,6 +19,7 @@ from daemon.redis_connection import client_for, connect
 from daemon.services import open_services
 from daemon.settings import Settings
 from daemon.task_guard import task_deserializer
+from daemon.tasks import Task
 from workers.accept import accept_job
 from workers.archive import archive_forever
 from workers.capacity import CAPACITY_TASK, capacity_forever, sync_capacity
@@ -40,12 +41,12 @@ def health_check_key(worker_name: str) -> str:
 
 # Every task a worker runs; anything else in the queue is malformed.
 TASKS = (
-    "submit_job",
-    "accept_job",
-    "cancel_at_provider",
-    "dispatch_waiting",
+    Task.SUBMIT,
+    Task.ACCEPT,
+    Task.CANCEL_AT_PROVIDER,
+    Task.DISPATCH_WAITING,
     CAPACITY_TASK,
-    "deliver_job",
+    Task.DELIVER,
 )
 
 
@@ -103,17 +104,17 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
             # Tries are counted in the job record (submit_tries), which outlives arq's own count.
             func(
                 retry_when_redis_unreachable(submit_job),
-                name="submit_job",
+                name=Task.SUBMIT,
                 max_tries=settings.submit_max_tries + 5,
             ),
-            func(retry_when_redis_unreachable(accept_job), name="accept_job", max_tries=5),
-            func(retry_when_redis_unreachable(cancel_at_provider), name="cancel_at_provider", max_tries=5),
-            func(retry_when_redis_unreachable(dispatch_waiting), name="dispatch_waiting", max_tries=3),
+            func(retry_when_redis_unreachable(accept_job), name=Task.ACCEPT, max_tries=5),
+            func(retry_when_redis_unreachable(cancel_at_provider), name=Task.CANCEL_AT_PROVIDER, max_tries=5),
+            func(retry_when_redis_unreachable(dispatch_waiting), name=Task.DISPATCH_WAITING, max_tries=3),
             func(retry_when_redis_unreachable(sync_capacity), name=CAPACITY_TASK, max_tries=3),
             # Tries are counted in Redis (workers/deliver.py); the timeout lets ours fire first.
             func(
                 retry_when_redis_unreachable(count_delivery_outcomes(deliver_job)),
-                name="deliver_job",
+                name=Task.DELIVER,
                 max_tries=settings.delivery_max_tries + 5,
                 timeout=settings.delivery_timeout + 5,
             ),

@@ -100,7 +100,7 @@ end
 
 local function enqueue_submit(job)
   local arq_id = 'submit:' .. job .. ':' .. NOW
-  local payload = '{"t":null,"f":"submit_job","a":[' .. cjson.encode(job) .. '],"k":{},"et":' .. NOW .. '}'
+  local payload = '{"t":null,"f":"' .. TASK_SUBMIT .. '","a":[' .. cjson.encode(job) .. '],"k":{},"et":' .. NOW .. '}'
   redis.call('SET', cfg.arq_prefix .. arq_id, payload, 'PX', cfg.arq_expiry_ms)
   redis.call('ZADD', KEYS[K_ARQ], NOW, arq_id)
 end
@@ -115,7 +115,7 @@ local function notify_app(job, terminal, known)
   if not terminal and f[2] ~= '1' then return end
   local seq = tostring(f[3] or '0')
   local arq_id = 'deliver:' .. job .. ':' .. seq
-  local payload = '{"t":null,"f":"deliver_job","a":[' .. cjson.encode(job) .. ',' .. seq .. '],"k":{},"et":' .. NOW .. '}'
+  local payload = '{"t":null,"f":"' .. TASK_DELIVER .. '","a":[' .. cjson.encode(job) .. ',' .. seq .. '],"k":{},"et":' .. NOW .. '}'
   redis.call('SET', cfg.arq_prefix .. arq_id, payload, 'PX', cfg.arq_expiry_ms)
   redis.call('ZADD', KEYS[K_ARQ], NOW, arq_id)
 end
