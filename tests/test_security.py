@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from arq.constants import in_progress_key_prefix
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -428,6 +429,16 @@ async def logged(process: DaemonProcess, *texts: str, count: int = 1) -> list[st
     return found
 
 
+async def finished_by_arq(client: aioredis.Redis, arq_job_id: str) -> None:
+    """Wait until arq's finishing transaction has run (it drops the in-progress and payload keys after
+    logging the task's end, so a payload written before then would be deleted by it)."""
+    for _ in range(1000):  # 10 s at most
+        if not await client.exists(in_progress_key_prefix + arq_job_id, keys.ARQ_JOB_PREFIX + arq_job_id):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"arq never finished {arq_job_id}")
+
+
 def ltx_id() -> str:
     return f"ltx-{uuid.uuid4().hex}"
 
@@ -470,7 +481,8 @@ async def test_a_rejection_never_overwrites_an_existing_job(workers: tuple[Servi
         "params": {"prompt": "a lighthouse [ok]", **T2V},
     }
     await enqueue(client, f"accept:{job_id}", accept_payload(job_id, request, now), now)
-    await logged(worker, f"← accept:{job_id}")  # arq is done with the first entry
+    await logged(worker, f"← accept:{job_id}")  # arq ran the first entry...
+    await finished_by_arq(client, f"accept:{job_id}")  # ...and has cleared its keys
     # The same id again with garbage: the job is left alone.
     await client.set(f"{keys.ARQ_JOB_PREFIX}accept:{job_id}", b"{garbage", px=60_000)
     await client.zadd(keys.ARQ_QUEUE, {f"accept:{job_id}": now})

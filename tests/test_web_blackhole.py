@@ -4,8 +4,9 @@ answers), instead of hanging for the client-side reply timeout and its retries."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from daemon.settings import Settings
 from daemon.web.app import create_app
 from tests.harness.proxy import FaultProxy
+from tests.harness.redis_server import RedisServer
 
 # The promise: a client with a 5 s deadline always gets an answer.
 CLIENT_DEADLINE_S = 5.0
@@ -21,13 +23,16 @@ T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
 
 
 @pytest.fixture
-async def proxy(redis_url: str, redis_client: Any) -> AsyncIterator[FaultProxy]:
-    port = redis_client.connection_pool.connection_kwargs["port"]
-    started = await FaultProxy("127.0.0.1", port).start()
+async def proxy(tmp_path: Path) -> AsyncIterator[FaultProxy]:
+    """A proxy to a Redis of the test's own on a TCP port (the session's server has only a socket)."""
+    server = RedisServer(tmp_path / "redis", appendonly=False)
+    await asyncio.to_thread(server.start)
+    started = await FaultProxy("127.0.0.1", server.port, password=server.password).start()
     try:
         yield started
     finally:
         await started.close()
+        await asyncio.to_thread(server.stop)
 
 
 @pytest.mark.timeout(90)
