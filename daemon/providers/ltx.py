@@ -35,7 +35,7 @@ PROCESSING_PROGRESS = 50
 
 
 def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
-    """Raise the ``ProviderError`` that says what to do with this error answer (docs/providers.md §2.5)."""
+    """Raise the ``ProviderError`` that says what to do with this error answer (https://docs.ltx.video/errors)."""
     error = body.get("error") if isinstance(body, dict) else None
     error_type = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None

@@ -1,5 +1,5 @@
-"""vydra.ai jobs API (docs/providers.md §3): ``POST /api/v1/jobs {workflow, input, webhookUrl}``, then
-a webhook and/or status reads of ``GET /api/v1/jobs/{id}``.
+"""vydra.ai jobs API (https://www.vydra.ai/docs/jobs): ``POST /api/v1/jobs {workflow, input,
+webhookUrl}``, then a webhook and/or status reads of ``GET /api/v1/jobs/{id}``.
 
 Field names vary between vydra's routes (``id``/``jobId``, ``output.url``/``videoUrl``, ``error``
 as text or ``{message, detail}``), so every read is tolerant. vydra's webhook body is not
@@ -53,7 +53,7 @@ WORKFLOWS = frozenset(
 WORKFLOW_SLUG = re.compile(r"[a-z0-9_-]+")
 STOP_ACCOUNT_STATUSES = frozenset({401, 402, 403})
 FAILED_STATUSES = frozenset({"failed", "error", "cancelled", "canceled"})
-# The Free plan's limit, assumed until the account's own is known (docs/providers.md §3.5).
+# The Free plan's limit, assumed until the account's own is known (https://www.vydra.ai/docs/rate-limits).
 FREE_PLAN_LIMIT = RequestLimit(10, 60.0)
 LIMIT_RECHECK_S = 300.0  # a failed read of /account/rate-limits is tried again after this
 LISTING_PAGE = 100
@@ -86,7 +86,7 @@ class WorkflowSlugs(frozenset[str]):
 
 
 def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
-    """Raise the ``ProviderError`` for a vydra error answer (docs/providers.md §3.5)."""
+    """Raise the ``ProviderError`` for a vydra error answer (https://www.vydra.ai/docs/errors)."""
     message = body.get("error") if isinstance(body, dict) else None
     code = body.get("code") if isinstance(body, dict) else None
     text = f"vydra {status} {code or 'error'}: {message or 'no message'}"
