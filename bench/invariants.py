@@ -105,8 +105,8 @@ async def count_terminal(client: aioredis.Redis, providers: Iterable[str]) -> in
 
 async def leases_left(client: aioredis.Redis, settings: Settings) -> int:
     async with client.pipeline(transaction=False) as pipe:
-        for account in settings.accounts:
-            pipe.zcard(keys.lease_key(account.provider, account.name))
+        for provider in settings.providers():
+            pipe.zcard(keys.provider_keys(provider).leases)
         counts = await pipe.execute()
     return int(sum(counts))
 

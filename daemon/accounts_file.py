@@ -158,6 +158,11 @@ class _AccountsParser:
                 index, "provider", f"provider {provider!r} is not supported (supported: {supported})"
             )
         name = self._string(index, table, "name")
+        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+            # The slot indexes keep "<account>\n<job>" members (daemon/lua/lib.lua).
+            raise self._key_error(
+                index, "name", "key 'name' must not contain control characters (newline, tab, ...)"
+            )
         max_jobs = table["max_jobs"]
         # bool is a subclass of int; "max_jobs = true" is a typo, not 1.
         if (

@@ -31,6 +31,13 @@ DELIVERY_TRIES_TTL_S = 2 * 86_400
 # Matched with fullmatch: "$" would also accept an id followed by a newline.
 JOB_ID_PATTERN = re.compile(r"(?P<provider>[a-z][a-z0-9]*)-(?P<token>[0-9a-f]{32})")
 
+# The slot layout the scripts in daemon/lua expect (lib.lua); older layouts are upgraded at start.
+SLOT_LAYOUT = 2
+# What ``room`` subtracts while an account is disabled / cooling down (DISABLED_OFFSET and
+# COOLING_OFFSET in lua/lib.lua).
+ROOM_DISABLED_OFFSET = 1_000_000_000
+ROOM_COOLING_OFFSET = 1_000_000
+
 STATES = ("queued", "submitting", "active", "completed", "failed", "canceled")
 
 
@@ -64,8 +71,8 @@ class ProviderKeys:
     accounts: str  # hash  account name -> maxJobs
     disabled: str  # hash  account name -> why it was disabled
     cooldown: str  # zset  account name -> cooling down until (ms)
-    waiting: str  # zset  job id -> priority band * 1e13 + arrival ms
-    pins: str  # hash  job id -> account the waiting job is pinned to
+    waiting: str  # zset  unpinned waiting job id -> priority band * 1e13 + arrival ms
+    pins: str  # hash  pinned waiting job id -> its member of ``waiting_pinned``
     events: str  # stream of every transition, capped
     polls: str  # zset  job id -> next poll due (ms)
     polling: str  # zset  job id -> claim expiry (ms) while a worker polls it
@@ -75,8 +82,20 @@ class ProviderKeys:
     # hash  account -> slots taken at the provider by jobs holding no lease of ours (the capacity
     # sync writes it from the provider's listing; free slots subtract it)
     foreign: str
+    leases: str  # zset  job id -> lease expiry (ms, Redis server clock), every account's leases
+    lease_account: str  # hash  job id -> the account its lease is on
+    held_by: str  # zset  score 0, "<account>\n<job id>": one account's leases by lex range
+    # zset  account -> maxJobs - foreign - leases, minus 1e9 while disabled and 1e6 while cooling
+    # down: the account's free slots where positive
+    room: str
+    # zset  score 0, "<account>\n<16-digit waiting score>\n<job id>": the per-account pinned queues
+    waiting_pinned: str
+    # zset  account -> score of its pinned queue's head, for the accounts with room and pinned jobs
+    pinned_ready: str
     # hash  account -> JSON of the last capacity sync (when, what the provider listed)
     capacity: str
+    layout: str  # string  the slot layout version of this provider's keys (see SLOT_LAYOUT)
+    sweep_cursor: str  # string  where in the 'queued' index the last sweep stopped
 
     def fixed(self) -> list[str]:
         return [
@@ -93,6 +112,12 @@ class ProviderKeys:
             *self.states,
             ARQ_QUEUE,
             self.foreign,
+            self.leases,
+            self.lease_account,
+            self.held_by,
+            self.room,
+            self.waiting_pinned,
+            self.pinned_ready,
         ]
 
     def state(self, name: str) -> str:
@@ -115,7 +140,15 @@ def provider_keys(provider: str) -> ProviderKeys:
         index=f"{base}:jobs",
         states=tuple(f"{base}:state:{state}" for state in STATES),
         foreign=f"{base}:foreign",
+        leases=f"{base}:leases",
+        lease_account=f"{base}:lease_account",
+        held_by=f"{base}:held_by",
+        room=f"{base}:room",
+        waiting_pinned=f"{base}:waiting_pinned",
+        pinned_ready=f"{base}:pinned_ready",
         capacity=f"{base}:capacity",
+        layout=f"{base}:layout",
+        sweep_cursor=f"{base}:sweep_cursor",
     )
 
 
@@ -124,9 +157,14 @@ def delivery_tries_key(job_id: str, seq: int) -> str:
     return f"{job_key(job_id)}:delivery:{seq}:tries"
 
 
-def lease_key(provider: str, account: str) -> str:
-    """zset of the leases on one account: job id -> lease expiry (ms, Redis server clock)."""
+def layout1_lease_key(provider: str, account: str) -> str:
+    """Where slot layout 1 kept one account's leases (a zset per account); read only by the upgrade."""
     return f"{tag(provider)}:leases:{account}"
+
+
+def held_by_range(account: str) -> tuple[str, str]:
+    """The lex range of one account's members in ``held_by`` (and ``waiting_pinned``)."""
+    return f"[{account}\n", f"({account}\x0b"
 
 
 def capacity_lock_key(provider: str) -> str:

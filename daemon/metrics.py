@@ -15,6 +15,7 @@ The web app serves both at ``GET /metrics``. A worker serves its own counters on
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import time
 from collections.abc import Coroutine, Iterable, Iterator
@@ -213,6 +214,10 @@ def count_delivery_outcomes(task: DeliverTask) -> DeliverTask:
     return counted
 
 
+# Expired leases looked at per scrape (normally none: every slot script drops them).
+EXPIRED_LEASES_READ = 1000
+
+
 class RedisStateCollector:
     """Gauges of the shared state, read from Redis in one pipeline by :meth:`read`.
 
@@ -245,19 +250,36 @@ class RedisStateCollector:
 
     async def _read_pipeline(self, now_ms: int) -> list[Any]:
         async with self.client.pipeline(transaction=False) as pipe:
-            for provider, accounts in self.accounts.items():
+            for provider in self.accounts:
                 pk = keys.provider_keys(provider)
                 for state in keys.STATES:
                     pipe.zcard(pk.state(state))
                 pipe.zcard(pk.waiting)
+                pipe.zcard(pk.waiting_pinned)
                 pipe.hgetall(pk.accounts)
                 pipe.hkeys(pk.disabled)
-                pipe.zrangebyscore(pk.cooldown, f"({now_ms}", "+inf")
-                for account in accounts:
-                    pipe.zcount(keys.lease_key(provider, account), now_ms, "+inf")
+                pipe.zrange(pk.cooldown, 0, -1, withscores=True)
+                pipe.zrange(pk.room, 0, -1, withscores=True)
+                pipe.hgetall(pk.foreign)
+                # Leases past their expiry that no script has dropped yet hold no slot.
+                pipe.zrangebyscore(pk.leases, "-inf", f"({now_ms}", start=0, num=EXPIRED_LEASES_READ)
             pipe.zcard(keys.ARQ_QUEUE)
             results: list[Any] = await pipe.execute()
-        return results
+        per_provider = len(keys.STATES) + 8
+        expired = {
+            provider: results[n * per_provider + per_provider - 1] for n, provider in enumerate(self.accounts)
+        }
+        async with self.client.pipeline(transaction=False) as pipe:
+            for provider, jobs in expired.items():
+                pipe.hmget(keys.provider_keys(provider).lease_account, jobs) if jobs else pipe.echo("")
+            owners = await pipe.execute()
+        stale = {
+            provider: collections.Counter(a for a in (found or []) if a)
+            if isinstance(found, list)
+            else collections.Counter()
+            for provider, found in zip(expired, owners, strict=True)
+        }
+        return [*results, stale]
 
     def _families(self, results: list[Any]) -> list[Metric]:
         jobs = GaugeMetricFamily(
@@ -277,15 +299,27 @@ class RedisStateCollector:
             "1 when the account is disabled (auth, credits, operator).",
             labels=per_account,
         )
-        rows = iter(results)
+        stale: dict[str, collections.Counter[str]] = results[-1]
+        rows = iter(results[:-1])
         for provider, accounts in self.accounts.items():
             for state in keys.STATES:
                 jobs.add_metric([provider, state], next(rows))
-            queue.add_metric([provider], next(rows))
-            max_jobs, disabled_names, cooling_names = next(rows), set(next(rows)), set(next(rows))
+            queue.add_metric([provider], next(rows) + next(rows))
+            max_jobs, disabled_names, cooldowns = next(rows), set(next(rows)), next(rows)
+            room, foreign, _ = dict(next(rows)), next(rows), next(rows)
+            # Layout-2 room (lua/lib.lua) is maxJobs - foreign - leases - the disabled / cooling
+            # offsets: the leases held come out of it without reading one lease.
+            now_ms = time.time() * 1000
+            cooling_names = {name for name, until in cooldowns if until > now_ms}
+            cooling_entries = {name for name, _ in cooldowns}
             for account in accounts:
                 labels = [provider, account]
-                busy.add_metric(labels, next(rows))
+                offsets = keys.ROOM_DISABLED_OFFSET * (account in disabled_names)
+                offsets += keys.ROOM_COOLING_OFFSET * (account in cooling_entries)
+                held = int(max_jobs.get(account, 0)) - int(foreign.get(account, 0)) - offsets
+                held -= room.get(account, 0)
+                held -= stale[provider][account]
+                busy.add_metric(labels, max(0, int(held)) if account in room else 0)
                 total.add_metric(labels, int(max_jobs.get(account, 0)))
                 cooling.add_metric(labels, int(account in cooling_names))
                 disabled.add_metric(labels, int(account in disabled_names))

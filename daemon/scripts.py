@@ -50,6 +50,7 @@ class Scripts:
     take_request: AsyncScript
     postpone_poll: AsyncScript
     reject_job: AsyncScript
+    upgrade_layout: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:

@@ -70,6 +70,7 @@ async def open_services(
         scripts = Scripts.register(client)
         await scripts.load()
         slots = SlotAllocator(client, scripts, settings)
+        await slots.upgrade_layout()
         if sync_accounts:
             await slots.sync_accounts()
         secret = await resolve_secret(settings, client, redis_url)

@@ -1,22 +1,25 @@
-"""Per-account slots: leases with an expiry, a waiting queue per provider, hand-off on release.
+"""Per-account slots: leases with an expiry, waiting queues per provider, hand-off on release.
 
 The scripts do the work atomically (``lua/lib.lua`` and the scripts that include it): a new job
 takes a free slot or joins the waiting queue (``create_job.lua``); the terminal transition
 releases the slot and hands it to the next waiting job in the same script (``transition.lua``);
 a 429 cools the account down and puts the job back at the head of the line (``requeue.lua``).
 This module holds what the scripts need from Python (the key bundle and the config of one
-provider), the operator actions, and the capacity view.
+provider), the operator actions, the capacity view and the upgrade of an older slot layout.
+Every index is per provider (``lua/lib.lua``): no script reads every account, so a script costs
+the same with 3 accounts or 300, and with an empty queue or 100,000 waiting jobs.
 """
 
 from __future__ import annotations
 
-import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+import structlog
 
 from daemon import keys
 from daemon.providers.base import ProviderCapacity
@@ -35,29 +38,26 @@ class ProviderScope:
     """Everything a slot-aware script needs to know about one provider."""
 
     provider: str
-    accounts: tuple[str, ...]
     keys: tuple[str, ...]
     lease_ms: int
     retention_s: int
 
     def config(self, now_ms: int | None = None) -> bytes:
-        # Every script call sends this; only ``rand`` (and in tests ``now_ms``) changes, so the
-        # rest is serialized once.
-        tail = f',"now_ms":{now_ms}}}' if now_ms is not None else "}"
-        return b"".join((self._config_head(), str(random.randrange(1 << 30)).encode(), tail.encode()))
+        # Every script call sends this; only ``now_ms`` (tests) changes, so the rest is serialized once.
+        head = self._config_head()
+        return head + (f',"now_ms":{now_ms}}}' if now_ms is not None else "}").encode()
 
     def _config_head(self) -> bytes:
         head = _CONFIG_HEADS.get(self)
         if head is None:
             static: dict[str, Any] = {
-                "accounts": list(self.accounts),
                 "lease_ms": self.lease_ms,
                 "arq_prefix": keys.ARQ_JOB_PREFIX,
                 "arq_expiry_ms": ARQ_EXPIRY_MS,
                 "events_maxlen": EVENTS_MAXLEN,
                 "retention_s": self.retention_s,
             }
-            head = _CONFIG_HEADS[self] = orjson.dumps(static)[:-1] + b',"rand":'
+            head = _CONFIG_HEADS[self] = orjson.dumps(static)[:-1]
         return head
 
     def keys_with(self, *job_keys: str) -> list[str]:
@@ -68,6 +68,15 @@ _CONFIG_HEADS: dict[ProviderScope, bytes] = {}
 
 # Jobs in 'submitting' looked at per reconcile (a backstop; normally a handful).
 RECONCILE_SUBMITTING_SCAN = 1000
+# 'queued' jobs one sweep checks for a lost place in line; the next sweep goes on from there.
+SWEEP_QUEUED_SCAN = 200
+
+log = structlog.get_logger("genrelay.slots")
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +101,9 @@ def _ids(value: object) -> tuple[str, ...]:
 
 
 def build_scope(settings: Settings, provider: str) -> ProviderScope:
-    accounts = tuple(a.name for a in settings.accounts_for(provider))
-    leases = tuple(keys.lease_key(provider, name) for name in accounts)
     return ProviderScope(
         provider=provider,
-        accounts=accounts,
-        keys=(*keys.provider_keys(provider).fixed(), *leases),
+        keys=tuple(keys.provider_keys(provider).fixed()),
         lease_ms=int(settings.lease_ttl_for(provider) * 1000),
         retention_s=int(settings.job_retention),
     )
@@ -134,8 +140,38 @@ class SlotAllocator:
     async def sync_accounts(self) -> None:
         """Load every account's maxJobs into Redis; a raised maxJobs dispatches waiting jobs at once."""
         for provider, scope in self.scopes.items():
-            max_jobs = [str(a.max_jobs) for a in self.settings.accounts_for(provider)]
-            await self.scripts.sync_accounts(keys=list(scope.keys), args=[scope.config(), *max_jobs])
+            accounts = [[a.name, a.max_jobs] for a in self.settings.accounts_for(provider)]
+            await self.scripts.sync_accounts(
+                keys=list(scope.keys), args=[scope.config(), orjson.dumps(accounts)]
+            )
+
+    async def upgrade_layout(self) -> dict[str, int]:
+        """Bring every provider's keys to the current slot layout (``lua/upgrade_layout.lua``), with
+        jobs in flight; returns the leases moved per provider (0: already current). Every process
+        calls it at start; the script is atomic and does nothing the second time."""
+        moved = {}
+        for provider, scope in self.scopes.items():
+            pk = keys.provider_keys(provider)
+            if await self.client.get(pk.layout) == str(keys.SLOT_LAYOUT):
+                moved[provider] = 0
+                continue
+            prefix = keys.layout1_lease_key(provider, "")
+            names = {a.name for a in self.settings.accounts_for(provider)}
+            names.update(await self.client.hkeys(pk.accounts))
+            async for key in self.client.scan_iter(match=f"{_glob_escape(prefix)}*", count=1000):
+                names.add(key[len(prefix) :])
+            ordered = sorted(names)
+            moved[provider] = int(
+                await self.scripts.upgrade_layout(
+                    keys=[*scope.keys, pk.layout, *(keys.layout1_lease_key(provider, n) for n in ordered)],
+                    args=[scope.config(), orjson.dumps(ordered)],
+                )
+            )
+            if moved[provider]:
+                log.info(
+                    "slot layout upgraded", provider=provider, layout=keys.SLOT_LAYOUT, leases=moved[provider]
+                )
+        return moved
 
     async def set_enabled(self, provider: str, account: str, *, enabled: bool, reason: str = "") -> bool:
         """Enable (clearing any cooldown) or disable an account; False when it does not exist."""
@@ -147,7 +183,10 @@ class SlotAllocator:
     async def sweep(self, provider: str, limit: int = 100) -> list[str]:
         """Repair after crashes; returns jobs whose lease expired, for the caller to fail."""
         scope = self.scope(provider)
-        expired: list[str] = await self.scripts.sweep(keys=list(scope.keys), args=[scope.config(), limit])
+        expired: list[str] = await self.scripts.sweep(
+            keys=scope.keys_with(keys.provider_keys(provider).sweep_cursor),
+            args=[scope.config(), limit, SWEEP_QUEUED_SCAN],
+        )
         return expired
 
     async def reconcile(
@@ -169,9 +208,10 @@ class SlotAllocator:
         scope = self.scope(provider)
         pk = keys.provider_keys(provider)
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrange(keys.lease_key(provider, account), 0, -1)
+            pipe.zrangebylex(pk.held_by, *keys.held_by_range(account))
             pipe.zrange(pk.state("submitting"), 0, RECONCILE_SUBMITTING_SCAN - 1)
-            leased, submitting = await pipe.execute()
+            held, submitting = await pipe.execute()
+        leased = [member.split("\n", 1)[1] for member in held]
         async with self.client.pipeline(transaction=False) as pipe:
             for job in leased:
                 pipe.hget(keys.job_key(job), "provider_job_id")
@@ -246,15 +286,21 @@ class SlotAllocator:
             pipe.hgetall(pk.disabled)
             pipe.zrange(pk.cooldown, 0, -1, withscores=True)
             pipe.zcard(pk.waiting)
+            pipe.zcard(pk.waiting_pinned)
             pipe.hgetall(pk.foreign)
             pipe.hgetall(pk.capacity)
-            for account in scope.accounts:
-                pipe.zrangebyscore(keys.lease_key(scope.provider, account), now_ms, "+inf")
-            maxes, disabled, cooldowns, waiting, foreign, synced, *leases = await pipe.execute()
+            pipe.zrangebyscore(pk.leases, now_ms, "+inf")
+            pipe.hgetall(pk.lease_account)
+            maxes, disabled, cooldowns, unpinned, pinned, foreign, synced, live, owners = await pipe.execute()
         cooldown = {name: int(until) for name, until in cooldowns if until > now_ms}
+        leases: dict[str, list[str]] = {account: [] for account in self._account_names(scope.provider)}
+        for job in live:
+            account = owners.get(job)
+            if account in leases:
+                leases[account].append(job)
         executing = await self._executing(scope, leases, now_ms)
         available = []
-        for account, held in zip(scope.accounts, leases, strict=True):
+        for account, held in leases.items():
             max_jobs = int(maxes.get(account, 0))
             busy = int(foreign.get(account, 0))
             sync = _sync_record(synced.get(account))
@@ -272,15 +318,18 @@ class SlotAllocator:
                     "enabled": account not in disabled,
                     "disabledReason": disabled.get(account),
                     "cooldownUntil": cooldown.get(account),
-                    "waiting": waiting,
+                    "waiting": unpinned + pinned,
                 }
             )
         return executing, available
 
+    def _account_names(self, provider: str) -> list[str]:
+        return [a.name for a in self.settings.accounts_for(provider)]
+
     async def _executing(
-        self, scope: ProviderScope, leases: list[list[str]], now_ms: int
+        self, scope: ProviderScope, leases: dict[str, list[str]], now_ms: int
     ) -> list[dict[str, Any]]:
-        held = [(account, job) for account, jobs in zip(scope.accounts, leases, strict=True) for job in jobs]
+        held = [(account, job) for account, jobs in leases.items() for job in jobs]
         if not held:
             return []
         async with self.client.pipeline(transaction=False) as pipe:

@@ -18,6 +18,7 @@ from daemon import callback_tokens, keys
 from daemon.jobs import JobRequest, State, Update
 from daemon.services import Services
 from daemon.web.app import create_app
+from tests.harness import slots as slot_index
 
 ACCOUNT = "ltxstudio/me@example.com"
 ARTIFACT = {
@@ -234,7 +235,7 @@ async def test_the_same_completed_callback_ten_times_at_once_ends_the_job_once(d
     events = await services.client.xrange(keys.events_key("ltxstudio"))
     assert [f["state"] for _, f in events if f["job"] == job_id].count("completed") == 1
     assert [f["state"] for _, f in events if f["job"] == waiting].count("dispatched") == 1
-    held = await services.client.zrange(keys.lease_key("ltxstudio", "me@example.com"), 0, -1)
+    held = await slot_index.leases_on(services.client, "ltxstudio", "me@example.com")
     assert sorted(held) == sorted([filler, waiting])
 
 

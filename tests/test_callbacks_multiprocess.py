@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from daemon import keys
 from daemon.jobs import JobRequest, State, Update
 from tests.conftest import process_env
+from tests.harness import slots as slot_index
 
 ACCOUNT = "ltxstudio/me@example.com"
 READY = "genrelay web listening on"
@@ -69,4 +70,4 @@ async def test_ten_identical_callbacks_across_two_web_processes_apply_once(
     assert [f["state"] for f in events if f["job"] == waiting].count("dispatched") == 1
     deliveries = [k for k in await redis_client.keys(f"{keys.ARQ_JOB_PREFIX}deliver:{job_id}:*")]
     assert len(deliveries) == 1
-    assert await redis_client.zrange(keys.lease_key("ltxstudio", "me@example.com"), 0, -1) == [waiting]
+    assert await slot_index.leases_on(redis_client, "ltxstudio", "me@example.com") == [waiting]

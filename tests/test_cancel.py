@@ -17,6 +17,7 @@ from daemon.services import Services
 from daemon.web.app import create_app
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, USEAPI_TOKEN, Emulator
+from tests.harness import slots as slot_index
 
 EMAIL = "me@example.com"
 T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
@@ -94,7 +95,7 @@ async def test_an_ltx_job_is_canceled_here_and_the_note_says_ltx_cannot(relay, a
         await event(services.client, "ltx", job_id, "provider_canceled")
     job = await app_client.get(job_id)
     assert job is not None and "has no cancel" in job["cancelNote"]
-    assert await services.client.zcard(keys.lease_key("ltx", "a1")) == 0
+    assert await slot_index.lease_count(services.client, "ltx", "a1") == 0
 
 
 async def test_a_waiting_job_is_canceled_without_the_provider(relay, app_client: Client) -> None:
@@ -108,7 +109,7 @@ async def test_a_waiting_job_is_canceled_without_the_provider(relay, app_client:
     assert (await services.store.require(second)).state.value == "queued"
     status, body = await cancel(client, second)
     assert status == 200 and body["cancel"] == {"atProvider": "not submitted"}
-    assert await services.client.zscore(keys.provider_keys("ltxstudio").waiting, second) is None
+    assert second not in await slot_index.waiting_jobs(services.client, "ltxstudio")
 
 
 async def test_cancel_of_an_ended_or_unknown_job_is_a_clear_4xx(relay, app_client: Client) -> None:

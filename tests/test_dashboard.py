@@ -120,7 +120,9 @@ async def test_without_tokens_the_server_renders_slots_and_allows_only_its_own_s
     """The page reads right before its script runs: one live lease on a1, one job waiting."""
     client = await aiohttp_client(create_app(make_settings(accounts={"a1": 2, "a2": 1}), redis_url))
     now_ms = int(time.time() * 1000)
-    await redis_client.zadd(keys.lease_key("ltx", "a1"), {f"ltx-{uuid.uuid4().hex}": now_ms + 60_000})
+    leased = f"ltx-{uuid.uuid4().hex}"
+    await redis_client.zadd(keys.provider_keys("ltx").leases, {leased: now_ms + 60_000})
+    await redis_client.hset(keys.provider_keys("ltx").lease_account, leased, "a1")
     await redis_client.zadd(keys.provider_keys("ltx").waiting, {f"ltx-{uuid.uuid4().hex}": now_ms})
     resp = await client.get("/")
     assert resp.status == 200

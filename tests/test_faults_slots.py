@@ -32,6 +32,7 @@ from daemon.jobs import JobRequest, State, Update
 from daemon.services import Services
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, USEAPI_TOKEN, Emulator, process_env
+from tests.harness import slots as slot_index
 from tests.harness.events import EventLog
 from tests.harness.invariants import check_invariants
 from tests.harness.oracle import Oracle
@@ -104,7 +105,7 @@ async def main(cycles: int, name: str) -> None:
         body = {"provider": "ltx", "operation": "text-to-video", "params": {"prompt": f"{name}-{n}", **T2V}}
         created = await store.create(JobRequest.from_json(body))
         job = created.job_id
-        while not await client.zscore(keys.lease_key("ltx", "a1"), job):
+        while await client.hget(keys.provider_keys("ltx").lease_account, job) != "a1":
             for _, entries in await client.xread({stream: last}, block=1000, count=1000):
                 last = entries[-1][0]
         assert (await store.claim_submit(job)).outcome == "go"
@@ -139,8 +140,8 @@ async def test_b12_four_processes_cycling_500_times_never_hold_more_than_max_job
     assert sum(e["state"] == "completed" for e in events) == CYCLES * CYCLERS
     # With 4 cyclers on 3 slots every slot was in use at some point, and never one more.
     assert live_high_water(events) == {"a1": 3}
-    assert await redis_client.zcard(keys.lease_key("ltx", "a1")) == 0
-    assert await redis_client.zcard(keys.provider_keys("ltx").waiting) == 0
+    assert await slot_index.lease_count(redis_client, "ltx", "a1") == 0
+    assert await slot_index.waiting_jobs(redis_client, "ltx") == []
 
 
 async def test_b14_a_paused_holder_loses_its_slot_and_does_not_submit_on_it(
@@ -163,10 +164,9 @@ async def test_b14_a_paused_holder_loses_its_slot_and_does_not_submit_on_it(
     worker.pause()
     events = EventLog(redis_client)
     paused = (await services.store.create(request("[ok] paused"))).job_id
-    lease = keys.lease_key("ltx", "a2")
     async with asyncio.timeout(30):
         while True:
-            expiry = await redis_client.zscore(lease, paused)
+            expiry = await slot_index.lease_expiry(redis_client, "ltx", paused)
             seconds, micros = await redis_client.time()
             if expiry is not None and expiry <= seconds * 1000 + micros // 1000:
                 break
@@ -176,7 +176,7 @@ async def test_b14_a_paused_holder_loses_its_slot_and_does_not_submit_on_it(
     async with asyncio.timeout(10):
         await events.reached(taker, "dispatched")
     assert "lease_expired" in events.states(paused)
-    assert await redis_client.zrange(lease, 0, -1) == [taker]
+    assert await slot_index.leases_on(redis_client, "ltx", "a2") == [taker]
     worker.resume()
     app = Client(redis_client)
     async with asyncio.timeout(30):
@@ -209,17 +209,18 @@ async def test_b14_a_job_put_back_in_line_after_its_lease_expired_is_not_failed_
     sweep does not fail a job that holds a fresh lease and may already be at the provider."""
     services: Services = await open_daemon(make_settings(accounts={"a2": 1}, GENRELAY_LEASE_TTL="0.2"))
     job_id = (await services.store.create(request("[ok] late"))).job_id
-    lease = keys.lease_key("ltx", "a2")
     events = EventLog(redis_client)
     async with asyncio.timeout(10):
         while True:
-            expiry = await redis_client.zscore(lease, job_id)
+            expiry = await slot_index.lease_expiry(redis_client, "ltx", job_id)
             seconds, micros = await redis_client.time()
             if expiry is not None and expiry <= seconds * 1000 + micros // 1000:
                 break
             await events.read(block_ms=50)
     assert (await services.store.claim_submit(job_id)).outcome == "requeued"
-    assert await redis_client.zrange(lease, 0, -1) == [job_id]  # granted again, in the same script
+    assert await slot_index.leases_on(redis_client, "ltx", "a2") == [
+        job_id
+    ]  # granted again, in the same script
     assert await services.slots.sweep("ltx") == []
     assert (await services.store.claim_submit(job_id)).outcome == "go"
 
@@ -299,10 +300,9 @@ async def test_b17_lowered_max_jobs_grants_nothing_until_below_it_and_a_raise_gr
     """B17: 5 of 5 slots held, maxJobs lowered to 2: releases grant nothing until fewer than 2
     are live; raised back to 5: the waiting jobs are granted by the same script that raised it."""
     services: Services = await open_daemon(make_settings(accounts={"a3": 5}))
-    lease = keys.lease_key("ltx", "a3")
     held = [(await services.store.create(request(f"h{n}"))).job_id for n in range(5)]
     waiting = [(await services.store.create(request(f"w{n}"))).job_id for n in range(4)]
-    assert sorted(await redis_client.zrange(lease, 0, -1)) == sorted(held)
+    assert sorted(await slot_index.leases_on(redis_client, "ltx", "a3")) == sorted(held)
     await open_daemon(make_settings(accounts={"a3": 2}))  # loads maxJobs=2 into Redis
 
     async def finish(job_id: str) -> None:
@@ -313,7 +313,7 @@ async def test_b17_lowered_max_jobs_grants_nothing_until_below_it_and_a_raise_gr
     live = []
     for job_id in held:
         await finish(job_id)
-        live.append(await redis_client.zcard(lease))
+        live.append(await slot_index.lease_count(redis_client, "ltx", "a3"))
     # 4, 3, 2 live: no grant; at 1 live one waiting job gets the slot (2); the last release, one more.
     assert live == [4, 3, 2, 2, 2], live
     events = EventLog(redis_client)
@@ -326,4 +326,4 @@ async def test_b17_lowered_max_jobs_grants_nothing_until_below_it_and_a_raise_gr
     await events.read(block_ms=0)
     raised = [e["job"] for e in events.seen[mark:] if e["state"] == "dispatched"]
     assert sorted(raised) == sorted(set(waiting) - set(granted))
-    assert await redis_client.zcard(lease) == 4
+    assert await slot_index.lease_count(redis_client, "ltx", "a3") == 4

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from daemon import keys
 from daemon.client import Client
 from tests.conftest import API_KEYS, Emulator
+from tests.harness import slots as slot_index
 
 WAIT_S = 30
 T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
@@ -69,4 +69,4 @@ async def test_slot_is_released_after_each_job(daemon, app_client: Client) -> No
     ids = [await app_client.submit("ltx", "text-to-video", {"prompt": f"n{i} [ok]", **T2V}) for i in range(5)]
     for job_id in ids:
         assert (await run(app_client, job_id))["status"]["type"] == "completed"
-    assert await daemon.client.zcard(keys.lease_key("ltx", "a1")) == 0
+    assert await slot_index.lease_count(daemon.client, "ltx", "a1") == 0

@@ -15,6 +15,7 @@ from daemon import keys
 from daemon.client import Client
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, Emulator, process_env
+from tests.harness import slots as slot_index
 
 T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
 
@@ -79,6 +80,6 @@ async def test_leases_of_a_killed_worker_expire_and_their_slots_return(
         assert job["endedBy"] == "sweep"
     # The provider still ran the two timed-out jobs: the next ones met its 429 until those ended.
     assert [j["status"]["type"] for j in following] == ["completed", "completed"]
-    assert await redis_client.zcard(keys.lease_key("ltx", "a1")) == 0
+    assert await slot_index.lease_count(redis_client, "ltx", "a1") == 0
     prompts = [job["prompt"] for job in (await emulator.control("GET", "jobs"))["jobs"]]
     assert len(prompts) == len(set(prompts)) == 4

@@ -27,6 +27,7 @@ from daemon.services import Services
 from daemon.settings import Settings
 from daemon.web.app import create_app
 from tests.conftest import API_KEYS, Emulator
+from tests.harness import slots as slot_index
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 WebClient = TestClient[web.Request, web.Application]
@@ -162,14 +163,18 @@ async def test_a_cooling_account_reads_1_until_its_cooldown_ends(
 async def test_slots_busy_counts_live_leases_only(
     make_settings: Callable[..., Settings],
     web_metrics: Callable[[Settings], Any],
+    open_daemon: Callable[[Settings], Any],
     redis_client: aioredis.Redis,
 ) -> None:
     """A lease past its expiry no longer holds a slot (the scripts drop it on their next run)."""
-    web_client = await web_metrics(make_settings(accounts={"a1": 3}))
-    now_ms = int(time.time() * 1000)
-    await redis_client.zadd(
-        keys.lease_key("ltx", "a1"), {"ltx-" + "1" * 32: now_ms + 60_000, "ltx-" + "2" * 32: now_ms - 1}
-    )
+    from daemon.jobs import JobRequest
+
+    settings = make_settings(accounts={"a1": 3})
+    web_client = await web_metrics(settings)
+    services: Services = await open_daemon(settings)
+    body = {"provider": "ltx", "operation": "text-to-video", "params": {"prompt": "x"}}
+    jobs = [(await services.store.create(JobRequest.from_json(body))).job_id for _ in range(2)]
+    await slot_index.expire_lease(redis_client, "ltx", jobs[1])
     samples = await scrape(web_client)
     assert value(samples, "genrelay_slots_busy", provider="ltx", account="a1") == 1
     assert value(samples, "genrelay_slots_max", provider="ltx", account="a1") == 3
@@ -354,9 +359,8 @@ async def test_a_lease_expiry_moves_its_counter(
         {"provider": "ltx", "operation": "text-to-video", "params": {"prompt": "x"}}
     )
     job_id = (await services.store.create(request)).job_id
-    lease = keys.lease_key("ltx", "a1")
-    assert await redis_client.zscore(lease, job_id) is not None
-    await redis_client.zadd(lease, {job_id: 1})  # its lease ran out long ago
+    assert await slot_index.lease_account(redis_client, "ltx", job_id) == "a1"
+    await slot_index.expire_lease(redis_client, "ltx", job_id)  # its lease ran out long ago
 
     def expiries() -> float:
         return METRICS.registry.get_sample_value("genrelay_lease_expiries_total", {"provider": "ltx"}) or 0.0

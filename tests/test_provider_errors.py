@@ -11,6 +11,7 @@ import pytest
 from daemon import keys
 from daemon.client import Client
 from tests.conftest import API_KEYS, Emulator
+from tests.harness import slots as slot_index
 
 T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
 SUBMIT = "/v2/text-to-video"
@@ -56,7 +57,7 @@ async def test_submit_gives_up_after_max_tries(daemon, emulator: Emulator, app_c
     )
     assert job["status"]["type"] == "failed"
     assert job["status"]["message"].startswith("gave up after 2 submit attempts: LTX 500")
-    assert await app_client.redis.zcard(keys.lease_key("ltx", "a1")) == 0
+    assert await slot_index.lease_count(app_client.redis, "ltx", "a1") == 0
 
 
 async def test_bad_request_fails_the_job_with_the_providers_message(daemon, app_client: Client) -> None:  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ from daemon.client import Client
 from daemon.services import Services
 from emulator.config import EmulatorConfig
 from tests.conftest import USEAPI_TOKEN, Emulator, process_env
+from tests.harness import slots as slot_index
 from tests.test_reconcile import ACCOUNT, CREATE, MAX_JOBS, P, events_of, submissions, submit, until
 
 ACCOUNTS = {f"{P}/{ACCOUNT}": MAX_JOBS}
@@ -61,7 +62,7 @@ async def test_a2_sigkill_after_the_provider_accepted_adopts_the_job_by_reply_re
     assert (await submissions(emulator))[job_id] == 1
     adopted = [e for e in await events_of(redis_client) if e["job"] == job_id and e["source"] == "reconcile"]
     assert [e["state"] for e in adopted] == ["active"]
-    assert await redis_client.zcard(keys.lease_key(P, ACCOUNT)) == 0
+    assert await slot_index.lease_count(redis_client, P, ACCOUNT) == 0
 
 
 async def _submitted(emulator: Emulator, job_id: str) -> bool:

@@ -19,6 +19,7 @@ from daemon.jobs import JobRequest
 from daemon.services import Services
 from emulator.config import EmulatorConfig
 from tests.conftest import USEAPI_TOKEN, Emulator
+from tests.harness import slots as slot_index
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -115,7 +116,7 @@ async def test_a_lost_submit_answer_is_adopted_by_replyref(
     assert {job_id: refs.get(job_id) for job_id in [dropped, *ours]} == dict.fromkeys([dropped, *ours], 1)
     assert await reconcile_events(redis_client, service, dropped) == ["active"]
     for name in ACCOUNTS[service]:
-        assert await redis_client.zcard(keys.lease_key(service, name)) == 0
+        assert await slot_index.lease_count(redis_client, service, name) == 0
 
 
 async def test_minimax_502_that_accepted_the_job_is_adopted_not_resent(

@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from daemon import keys
 from daemon.client import Client
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, Emulator, process_env
+from tests.harness import slots as slot_index
 
 ACCOUNTS = {"a1": 2, "a2": 3}
 JOBS = 40
@@ -60,6 +60,6 @@ async def test_rolling_restart_loses_nothing(
     assert [j["status"]["type"] for j in jobs] == ["completed"] * JOBS, [j["status"] for j in jobs]
     assert [j["submitTries"] for j in jobs] == [1] * JOBS
     for name in ACCOUNTS:
-        assert await redis_client.zcard(keys.lease_key("ltx", name)) == 0
+        assert await slot_index.lease_count(redis_client, "ltx", name) == 0
     prompts = [job["prompt"] for job in (await emulator.control("GET", "jobs"))["jobs"]]
     assert len(prompts) == len(set(prompts)) == JOBS

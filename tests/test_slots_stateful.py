@@ -4,7 +4,6 @@ the allocator's invariants after every step."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from pathlib import Path
 
@@ -21,15 +20,14 @@ from hypothesis.stateful import (
 )
 
 from daemon import keys
-from daemon import slots as slots_module
 from daemon.jobs import JobRequest, State, Update
 from daemon.services import Services, open_services
 from daemon.settings import Settings
 from tests.conftest import process_env
+from tests.harness import slots as slot_index
 
 ACCOUNTS = {"a1": 1, "a2": 2, "a3": 3}
 ARTIFACT = {"assetUrl": "https://cdn.example/v.mp4", "kind": "video", "expirationDateString": "1"}
-LEASES = {name: keys.lease_key("ltx", name) for name in ACCOUNTS}
 
 
 class SlotMachine(RuleBasedStateMachine):
@@ -40,9 +38,6 @@ class SlotMachine(RuleBasedStateMachine):
         self.redis_url = redis_url
         self.services: Services | None = None
         self.jobs: dict[str, State] = {}  # in creation order, so draws replay the same way
-        # Ties between accounts are broken at random; a seeded generator makes every run replayable.
-        self.saved_random = slots_module.random
-        slots_module.random = random.Random(0)  # type: ignore[assignment]
         self.released: set[str] = set()
 
     def run(self, coro):  # type: ignore[no-untyped-def]
@@ -67,10 +62,9 @@ class SlotMachine(RuleBasedStateMachine):
         if self.services is not None:
             self.run(self.services.close())
         self.loop.close()
-        slots_module.random = self.saved_random
 
     async def holders(self) -> dict[str, list[str]]:
-        return {name: await self.redis.zrange(key, 0, -1) for name, key in LEASES.items()}
+        return {name: await slot_index.leases_on(self.redis, "ltx", name) for name in ACCOUNTS}
 
     async def state_of(self, job_id: str) -> State:
         return State(await self.redis.hget(keys.job_key(job_id), "state"))
@@ -134,7 +128,9 @@ class SlotMachine(RuleBasedStateMachine):
     @rule()
     def cooldowns_end(self) -> None:
         """Time passes: every cooldown is over and the dispatch task runs."""
-        self.run(self.redis.delete(keys.provider_keys("ltx").cooldown))
+        cooldown = keys.provider_keys("ltx").cooldown
+        for name in self.run(self.redis.zrange(cooldown, 0, -1)):
+            self.run(self.redis.zadd(cooldown, {name: 1}, xx=True))
         self.run(self.svc.slots.sweep("ltx", limit=0))
         self.refresh()
 
@@ -143,8 +139,7 @@ class SlotMachine(RuleBasedStateMachine):
     def expire(self, data: st.DataObject) -> None:
         """A lease's holder died and its TTL ran out; the sweep fails the job and frees the slot."""
         job_id = data.draw(st.sampled_from(self.leased()))
-        for key in LEASES.values():
-            self.run(self.redis.zadd(key, {job_id: 1}, xx=True))
+        self.run(slot_index.expire_lease(self.redis, "ltx", job_id))
         for expired in self.run(self.svc.slots.sweep("ltx")):
             outcome = self.run(self.svc.store.fail_timed_out(expired, 1))
             if outcome == "applied":
@@ -166,7 +161,7 @@ class SlotMachine(RuleBasedStateMachine):
     def a_waiting_job_means_no_usable_slot_is_free(self) -> None:
         if self.services is None:
             return
-        waiting = self.run(self.redis.zcard(keys.provider_keys("ltx").waiting))
+        waiting = len(self.run(slot_index.waiting_jobs(self.redis, "ltx")))
         if not waiting:
             return
         held = self.run(self.holders())

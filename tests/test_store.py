@@ -9,6 +9,7 @@ from daemon import keys
 from daemon.errors import InvalidRequest
 from daemon.jobs import JobRequest, State, Update
 from daemon.services import Services
+from tests.harness import slots as slot_index
 
 ARTIFACT = {"assetUrl": "https://cdn.example/v.mp4", "kind": "video", "expirationDateString": "1"}
 
@@ -39,7 +40,7 @@ async def test_create_dispatches_while_slots_are_free_then_waits(daemon: Service
     results = [await daemon.store.create(request()) for _ in range(3)]
     assert [r.dispatched for r in results] == [True, True, False]
     assert len(await queued_submissions(daemon.client)) == 2
-    waiting = await daemon.client.zrange(keys.provider_keys("ltx").waiting, 0, -1)
+    waiting = await slot_index.waiting_jobs(daemon.client, "ltx")
     assert waiting == [results[2].job_id]
     capacity = await daemon.slots.capacity("ltx")
     assert sorted(a["executing"] for a in capacity["available"]) == [1, 1]
@@ -60,7 +61,9 @@ async def test_check_refuses_unknown_operation_and_account(daemon: Services) -> 
         await daemon.store.create(request(account="zz"))
     with pytest.raises(InvalidRequest, match="unknown provider"):
         await daemon.store.create(request(provider="vydra"))
-    assert await daemon.client.dbsize() <= 3  # only the account hashes and the secret
+    assert (
+        await daemon.client.dbsize() <= 4
+    )  # only the accounts, their room index, the slot layout, the secret
 
 
 async def test_progress_only_moves_forward_and_duplicates_change_nothing(daemon: Services) -> None:
@@ -82,11 +85,10 @@ async def test_terminal_job_is_never_rewritten_and_releases_once(daemon: Service
     done = Update(State.COMPLETED, artifact=ARTIFACT)
     assert await daemon.store.apply(first, done, source="poll") == "applied"
     # The freed slot went to the next waiting job in the same script.
-    lease = keys.lease_key("ltx", "a1")
-    assert await daemon.client.zrange(lease, 0, -1) == [second]
+    assert await slot_index.leases_on(daemon.client, "ltx", "a1") == [second]
     for late in (done, Update(State.FAILED, message="late"), Update(State.ACTIVE, progress=99)):
         assert await daemon.store.apply(first, late, source="poll") == "terminal"
-    assert await daemon.client.zrange(lease, 0, -1) == [second]
+    assert await slot_index.leases_on(daemon.client, "ltx", "a1") == [second]
     job = await daemon.store.require(first)
     assert job.state is State.COMPLETED
     # The artifact as recorded, naming the asset its completion recorded.

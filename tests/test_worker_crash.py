@@ -14,6 +14,7 @@ from daemon import keys
 from daemon.client import Client
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, Emulator, process_env
+from tests.harness import slots as slot_index
 
 T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
 ACCOUNTS = {"a1": 2, "a2": 2, "a3": 5}
@@ -66,7 +67,7 @@ async def test_sigkill_worker_mid_run_loses_no_job(
     prompts = [job["prompt"] for job in (await emulator.control("GET", "jobs"))["jobs"]]
     assert len(prompts) == len(set(prompts))
     for name in ACCOUNTS:
-        assert await redis_client.zcard(keys.lease_key("ltx", name)) == 0
+        assert await slot_index.lease_count(redis_client, "ltx", name) == 0
     stats = (await emulator.stats())["keys"]
     for name, max_jobs in ACCOUNTS.items():
         assert stats[API_KEYS[name]]["peak"] <= max_jobs

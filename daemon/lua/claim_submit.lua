@@ -1,5 +1,5 @@
 -- claim_submit.lua: a worker is about to call the provider for this job (write-ahead record).
--- KEYS: the prelude layout; KEYS[19+N] is the job's hash.
+-- KEYS: the prelude layout; KEYS[25] is the job's hash.
 -- Only a job that holds a live lease moves to 'submitting'; a holder that lost its lease must not
 -- submit (the job goes back in line instead).
 -- 'submit_open' is 1 from here until the worker records how the provider call ended; finding it
@@ -14,9 +14,9 @@ local job = redis.call('HGET', JOB_KEY, 'id')
 if not job then return {'missing'} end
 local state = redis.call('HGET', JOB_KEY, 'state')
 if state ~= 'queued' and state ~= 'submitting' then return {'skip', state} end
-local i = lease_of(job)
-if i and tonumber(redis.call('ZSCORE', lease_key(i), job)) <= NOW then i = nil end
-if not i then
+local account = lease_of(job)
+if account and tonumber(redis.call('ZSCORE', KEYS[K_LEASES], job) or 0) <= NOW then account = nil end
+if not account then
   if state == 'submitting' and redis.call('HGET', JOB_KEY, 'submit_open') == '1' then
     -- The lease is gone but the provider may have accepted the interrupted call: requeuing would
     -- submit it again. The caller looks it up first (or fails it where it cannot).
@@ -27,7 +27,7 @@ if not i then
     redis.call('HSET', JOB_KEY, 'state', 'queued', 'updated_ms', NOW)
     move_state_index(job, state, 'queued')
   end
-  if not redis.call('ZSCORE', KEYS[K_WAITING], job) then
+  if not is_waiting(job) then
     local pin = redis.call('HGET', JOB_KEY, 'pinned') or ''
     enqueue_waiting(job, tonumber(redis.call('HGET', JOB_KEY, 'priority') or 5),
                     tonumber(redis.call('HGET', JOB_KEY, 'created_ms')), pin)
@@ -43,15 +43,15 @@ renew(job)
 local attempt = ARGV[2] or ''
 if state == 'submitting' and redis.call('HGET', JOB_KEY, 'submit_open') == '1' then
   if attempt ~= '' and redis.call('HGET', JOB_KEY, 'submit_attempt') == attempt then
-    return {'go', cfg.accounts[i], tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0), state}
+    return {'go', account, tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0), state}
   end
-  return {'interrupted', cfg.accounts[i], tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0)}
+  return {'interrupted', account, tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0)}
 end
 local tries = redis.call('HINCRBY', JOB_KEY, 'submit_tries', 1)
-redis.call('HSET', JOB_KEY, 'state', 'submitting', 'account', cfg.accounts[i], 'updated_ms', NOW,
+redis.call('HSET', JOB_KEY, 'state', 'submitting', 'account', account, 'updated_ms', NOW,
            'submitted_ms', NOW, 'submit_open', '1', 'submit_attempt', attempt)
 if state ~= 'submitting' then
   move_state_index(job, state, 'submitting')
-  emit(job, 'submitting', 0, cfg.accounts[i], 'worker')
+  emit(job, 'submitting', 0, account, 'worker')
 end
-return {'go', cfg.accounts[i], tries, state}
+return {'go', account, tries, state}

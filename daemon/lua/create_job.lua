@@ -1,5 +1,5 @@
 -- create_job.lua: store a new job and try to give it a slot, in one step.
--- KEYS: the prelude layout (lib.lua); KEYS[19+N] is the new job's hash.
+-- KEYS: the prelude layout (lib.lua); KEYS[25] is the new job's hash.
 -- ARGV[2]: JSON object of the job's fields (strings); ARGV[3]: pinned account or '';
 -- ARGV[4]: priority 0..9 (higher goes first).
 -- Returns {'exists'} when the id is taken (idempotent enqueue), {'dispatched', account} when a slot
@@ -19,18 +19,18 @@ move_state_index(id, nil, 'queued')
 emit(id, 'queued', 0, pinned, 'api')
 
 drop_expired()
--- Jobs already waiting go first: a newcomer only takes a slot when nobody eligible is ahead of it.
-if redis.call('ZCARD', KEYS[K_WAITING]) > 0 then
+-- Jobs already waiting go first: a newcomer only takes a slot when nobody eligible is ahead of it
+-- (a pinned job whose account has room is always in pinned_ready).
+if redis.call('ZCARD', KEYS[K_WAITING]) > 0 or redis.call('ZCARD', KEYS[K_PINNED_READY]) > 0 then
   enqueue_waiting(id, priority, NOW, pinned)
   handoff()
-  if redis.call('ZSCORE', KEYS[K_WAITING], id) then return {'waiting'} end
-  local i = lease_of(id)
-  return {'dispatched', i and cfg.accounts[i] or ''}
+  if is_waiting(id) then return {'waiting'} end
+  return {'dispatched', lease_of(id) or ''}
 end
-local i = choose_account(pinned)
-if i then
-  grant(i, id)
-  return {'dispatched', cfg.accounts[i]}
+local account = choose_account(pinned)
+if account then
+  grant(account, id)
+  return {'dispatched', account}
 end
 enqueue_waiting(id, priority, NOW, pinned)
 return {'waiting'}

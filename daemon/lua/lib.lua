@@ -1,36 +1,51 @@
 -- lib.lua: shared prelude of every slot-aware script; prepended to the script text at load time.
+-- Slot layout 2 (docs/slots.md): every index is per provider and every helper does O(log n) work,
+-- whatever the number of accounts or the length of the queue.
 --
 -- KEYS (all hash-tagged {provider} except the arq queue):
---   1  accounts   hash    account -> maxJobs
---   2  disabled   hash    account -> reason (present = disabled)
---   3  cooldown   zset    account -> cooling down until (ms)
---   4  waiting    zset    job -> (9 - priority) * 1e13 + arrival ms  (lowest first)
---   5  pins       hash    job -> account a waiting job is pinned to
---   6  events     stream  one entry per transition: job, state, progress, account, source
---   7  polls      zset    job -> next poll due (ms)
---   8  polling    zset    job -> claim expiry (ms) while a worker polls it
---   9  expired    list    jobs whose lease expired (the sweep fails them)
---   10 index      zset    job -> created (ms)
---   11..16 state zsets    queued, submitting, active, completed, failed, canceled: job -> updated (ms)
---   17 arq queue  zset    arq job id -> run at (ms)
---   18 foreign    hash    account -> slots taken at the provider by jobs that hold no lease of ours
---                         (written only by reconcile.lua, from the provider's own listing)
---   19..18+N  leases      zset per account (same order as cfg.accounts): job -> lease expiry (ms)
---   19+N      job hash    the job the script is about, when it has one
--- ARGV[1]: JSON config {accounts=[names], lease_ms, arq_prefix, arq_expiry_ms, events_maxlen,
---          retention_s, now_ms (tests only; production uses the Redis server clock), rand}
+--   1  accounts        hash    account -> maxJobs
+--   2  disabled        hash    account -> reason (present = disabled)
+--   3  cooldown        zset    account -> cooling down until (ms); present only while cooling down
+--   4  waiting         zset    unpinned waiting job -> (9 - priority) * 1e13 + arrival ms (lowest first)
+--   5  pins            hash    pinned waiting job -> its member in waiting_pinned
+--   6  events          stream  one entry per transition: job, state, progress, account, source
+--   7  polls           zset    job -> next poll due (ms)
+--   8  polling         zset    job -> claim expiry (ms) while a worker polls it
+--   9  expired         list    jobs whose lease expired (the sweep fails them)
+--   10 index           zset    job -> created (ms)
+--   11..16 state zsets         queued, submitting, active, completed, failed, canceled: job -> updated (ms)
+--   17 arq queue       zset    arq job id -> run at (ms)
+--   18 foreign         hash    account -> slots taken at the provider by jobs that hold no lease of ours
+--                              (written only by reconcile.lua, from the provider's own listing)
+--   19 leases          zset    job -> lease expiry (ms): one index for every account of the provider
+--   20 lease_account   hash    job -> account its lease is on
+--   21 held_by         zset    score 0, "<account>\n<job>": the leases of one account by lex range
+--   22 room            zset    account -> maxJobs - foreign - leases - 1e9 if disabled - 1e6 if
+--                              cooling down: free slots where positive; one member per account
+--   23 waiting_pinned  zset    score 0, "<account>\n<16-digit waiting score>\n<job>": per-account queues
+--   24 pinned_ready    zset    account -> score of its pinned queue's head, for exactly the accounts
+--                              with room > 0 and a pinned job waiting
+--   25..               the script's own keys (the job hash, when it is about one job)
+-- ARGV[1]: JSON config {lease_ms, arq_prefix, arq_expiry_ms, events_maxlen, retention_s,
+--          now_ms (tests only; production uses the Redis server clock)}
 
 local K_ACCOUNTS, K_DISABLED, K_COOLDOWN, K_WAITING, K_PINS = 1, 2, 3, 4, 5
 local K_EVENTS, K_POLLS, K_POLLING, K_EXPIRED, K_INDEX = 6, 7, 8, 9, 10
 local K_STATE = {queued = 11, submitting = 12, active = 13, completed = 14, failed = 15, canceled = 16}
 local K_ARQ, K_FOREIGN = 17, 18
-local FIXED = 18
+local K_LEASES, K_LEASE_ACCOUNT, K_HELD_BY, K_ROOM, K_PINNED, K_PINNED_READY = 19, 20, 21, 22, 23, 24
+local FIXED = 24
 local RANK = {queued = 0, submitting = 1, active = 2, completed = 3, failed = 3, canceled = 3}
 local BAND = 1e13
+local DISABLED_OFFSET, COOLING_OFFSET = 1e9, 1e6
+-- Accounts whose room is above this are enabled (cooling down or not).
+local ENABLED_FLOOR = -DISABLED_OFFSET / 2
+-- Expired leases freed per script call; the rest go at the next call.
+local SETTLE_BATCH = 1000
+local HANDOFF_BATCH = 500
 
 local cfg = cjson.decode(ARGV[1])
-local N = #cfg.accounts
-local JOB_KEY = KEYS[FIXED + N + 1]
+local JOB_KEY = KEYS[FIXED + 1]
 
 local function now_ms()
   if cfg.now_ms then return tonumber(cfg.now_ms) end
@@ -40,8 +55,6 @@ end
 
 local NOW = now_ms()
 
-local function lease_key(i) return KEYS[FIXED + i] end
-
 local function emit(job, state, progress, account, source, extra)
   local entry = {'job', job, 'state', state, 'progress', tostring(progress or 0),
                  'account', account or '', 'source', source or '', 'ts', tostring(NOW)}
@@ -49,53 +62,122 @@ local function emit(job, state, progress, account, source, extra)
   redis.call('XADD', KEYS[K_EVENTS], 'MAXLEN', '~', cfg.events_maxlen, '*', unpack(entry))
 end
 
--- Leases past their expiry free their slot now; the job is left for the sweep to fail.
-local function drop_expired()
-  for i = 1, N do
-    local gone = redis.call('ZRANGEBYSCORE', lease_key(i), '-inf', NOW)
-    if #gone > 0 then
-      redis.call('ZREMRANGEBYSCORE', lease_key(i), '-inf', NOW)
-      for _, job in ipairs(gone) do
-        redis.call('RPUSH', KEYS[K_EXPIRED], job)
-        emit(job, 'lease_expired', 0, cfg.accounts[i], 'lease')
-      end
-    end
+-- The lex range of the members of one account in held_by / waiting_pinned ("<account>\n...").
+local function lex_range(account)
+  return '[' .. account .. '\n', '(' .. account .. '\11'
+end
+
+local function pinned_head(account)
+  local low, high = lex_range(account)
+  return redis.call('ZRANGEBYLEX', KEYS[K_PINNED], low, high, 'LIMIT', 0, 1)[1]
+end
+
+-- Keep pinned_ready true for one account; ``room`` when the caller knows it.
+local function refresh_pinned_ready(account, room)
+  if room == nil then room = tonumber(redis.call('ZSCORE', KEYS[K_ROOM], account) or 0) end
+  local head = room > 0 and pinned_head(account) or nil
+  if head then
+    redis.call('ZADD', KEYS[K_PINNED_READY], tonumber(string.match(head, '\n(%d+)\n')), account)
+  else
+    redis.call('ZREM', KEYS[K_PINNED_READY], account)
   end
+end
+
+-- Every change of an account's slots goes through here: one ZADD XX INCR (an account no longer
+-- configured has no member and is left out), and pinned_ready only when free slots appear or vanish.
+local function adjust_room(account, delta)
+  local after = redis.call('ZADD', KEYS[K_ROOM], 'XX', 'INCR', delta, account)
+  if not after then return nil end
+  after = tonumber(after)
+  if (after - delta > 0) ~= (after > 0) then refresh_pinned_ready(account, after) end
+  return after
 end
 
 local function lease_of(job)
-  for i = 1, N do
-    if redis.call('ZSCORE', lease_key(i), job) then return i end
+  return redis.call('HGET', KEYS[K_LEASE_ACCOUNT], job) or nil
+end
+
+local function drop_lease(job, account)
+  redis.call('ZREM', KEYS[K_LEASES], job)
+  redis.call('HDEL', KEYS[K_LEASE_ACCOUNT], job)
+  redis.call('ZREM', KEYS[K_HELD_BY], account .. '\n' .. job)
+  adjust_room(account, 1)
+end
+
+local function add_lease(job, account)
+  redis.call('ZADD', KEYS[K_LEASES], NOW + cfg.lease_ms, job)
+  redis.call('HSET', KEYS[K_LEASE_ACCOUNT], job, account)
+  redis.call('ZADD', KEYS[K_HELD_BY], 0, account .. '\n' .. job)
+  return adjust_room(account, -1)
+end
+
+-- Leases past their expiry free their slot now (the job is left for the sweep to fail), and
+-- cooldowns that are over give their account back. One range read each, whatever the pool.
+local settled = false
+local function drop_expired()
+  if settled then return end
+  settled = true
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[K_LEASES], '-inf', NOW, 'LIMIT', 0, SETTLE_BATCH)
+  for _, job in ipairs(gone) do
+    local account = lease_of(job)
+    if account then drop_lease(job, account) else redis.call('ZREM', KEYS[K_LEASES], job) end
+    redis.call('RPUSH', KEYS[K_EXPIRED], job)
+    emit(job, 'lease_expired', 0, account, 'lease')
   end
+  local cooled = redis.call('ZRANGEBYSCORE', KEYS[K_COOLDOWN], '-inf', NOW)
+  for _, account in ipairs(cooled) do
+    redis.call('ZREM', KEYS[K_COOLDOWN], account)
+    adjust_room(account, COOLING_OFFSET)
+  end
+end
+
+local function cool_down(account, until_ms)
+  if until_ms <= NOW then return end
+  local current = redis.call('ZSCORE', KEYS[K_COOLDOWN], account)
+  if not current then
+    redis.call('ZADD', KEYS[K_COOLDOWN], until_ms, account)
+    adjust_room(account, -COOLING_OFFSET)
+  elseif until_ms > tonumber(current) then
+    redis.call('ZADD', KEYS[K_COOLDOWN], until_ms, account)
+  end
+end
+
+local function end_cooldown(account)
+  if redis.call('ZREM', KEYS[K_COOLDOWN], account) == 1 then adjust_room(account, COOLING_OFFSET) end
+end
+
+local function disable(account, reason)
+  if redis.call('HSET', KEYS[K_DISABLED], account, reason) == 1 then adjust_room(account, -DISABLED_OFFSET) end
+end
+
+local function enable(account)
+  if redis.call('HDEL', KEYS[K_DISABLED], account) == 1 then adjust_room(account, DISABLED_OFFSET) end
+end
+
+-- The account's room from scratch (the accounts file changed, or an upgrade): O(log n).
+local function rebuild_room(account, max_jobs)
+  local low, high = lex_range(account)
+  local room = max_jobs - tonumber(redis.call('HGET', KEYS[K_FOREIGN], account) or 0)
+               - redis.call('ZLEXCOUNT', KEYS[K_HELD_BY], low, high)
+  if redis.call('HEXISTS', KEYS[K_DISABLED], account) == 1 then room = room - DISABLED_OFFSET end
+  if redis.call('ZSCORE', KEYS[K_COOLDOWN], account) then room = room - COOLING_OFFSET end
+  redis.call('ZADD', KEYS[K_ROOM], room, account)
+  refresh_pinned_ready(account, room)
+end
+
+-- The eligible account with the most free slots (ties: the last by name, so grants in a row spread).
+local function best_account()
+  local top = redis.call('ZREVRANGE', KEYS[K_ROOM], 0, 0, 'WITHSCORES')
+  if top[1] and tonumber(top[2]) > 0 then return top[1] end
   return nil
 end
 
-local function free_slots(i)
-  local name = cfg.accounts[i]
-  local max = tonumber(redis.call('HGET', KEYS[K_ACCOUNTS], name) or 0)
-  if max <= 0 or redis.call('HEXISTS', KEYS[K_DISABLED], name) == 1 then return 0 end
-  local until_ms = tonumber(redis.call('ZSCORE', KEYS[K_COOLDOWN], name) or 0)
-  if until_ms > NOW then return 0 end
-  local foreign = tonumber(redis.call('HGET', KEYS[K_FOREIGN], name) or 0)
-  return max - foreign - redis.call('ZCARD', lease_key(i))
-end
-
--- The eligible account with the most free slots; ties go to a random one so load spreads.
--- ``free`` (optional): free slots by account index, already read (hand-off keeps a running count).
-local function choose_account(pinned, free)
-  local best_free, best = 0, {}
-  for i = 1, N do
-    if pinned == nil or pinned == false or pinned == '' or pinned == cfg.accounts[i] then
-      local room = free and free[i] or free_slots(i)
-      if room > best_free then
-        best_free, best = room, {i}
-      elseif room == best_free and room > 0 then
-        best[#best + 1] = i
-      end
-    end
+local function choose_account(pinned)
+  if pinned and pinned ~= '' then
+    if tonumber(redis.call('ZSCORE', KEYS[K_ROOM], pinned) or 0) > 0 then return pinned end
+    return nil
   end
-  if #best == 0 then return nil end
-  return best[(cfg.rand % #best) + 1]
+  return best_account()
 end
 
 local function enqueue_submit(job)
@@ -120,72 +202,71 @@ local function notify_app(job, terminal, known)
   redis.call('ZADD', KEYS[K_ARQ], NOW, arq_id)
 end
 
-local function grant(i, job)
-  redis.call('ZADD', lease_key(i), NOW + cfg.lease_ms, job)
+-- Returns the account's room after the grant.
+local function grant(account, job)
+  local room = add_lease(job, account)
   enqueue_submit(job)
-  emit(job, 'dispatched', 0, cfg.accounts[i], 'slots')
+  emit(job, 'dispatched', 0, account, 'slots')
+  return room
 end
 
 local function waiting_score(priority, arrival_ms)
   return (9 - priority) * BAND + arrival_ms
 end
 
--- Hand every free slot to the waiting jobs, head of the queue first. Runs in the same script as
--- whatever freed the slot, so dispatch follows the event instead of a loop polling the queue.
+local function is_waiting(job)
+  return redis.call('ZSCORE', KEYS[K_WAITING], job) or redis.call('HEXISTS', KEYS[K_PINS], job) == 1
+end
+
+-- Take a job out of whichever queue holds it; true when it was waiting.
+local function leave_queue(job)
+  if redis.call('ZREM', KEYS[K_WAITING], job) == 1 then return true end
+  local member = redis.call('HGET', KEYS[K_PINS], job)
+  if not member then return false end
+  redis.call('HDEL', KEYS[K_PINS], job)
+  redis.call('ZREM', KEYS[K_PINNED], member)
+  local account = string.match(member, '^(.-)\n')
+  if redis.call('ZSCORE', KEYS[K_PINNED_READY], account) then refresh_pinned_ready(account) end
+  return true
+end
+
+-- Hand every free slot to the waiting jobs, best first: the head of the unpinned queue (to the
+-- account with the most room) or, when better, the head of an account's pinned queue that has room.
+-- Runs in the same script as whatever freed the slot, so dispatch follows the event instead of a
+-- loop polling the queue. Each grant costs a few O(log n) reads; jobs pinned to full accounts are
+-- never looked at.
 local function handoff()
   drop_expired()
-  -- Free slots are read once and counted down as they are granted: nothing else changes them
-  -- inside this script, and a backlog then costs one ZRANGE per 50 waiting jobs, not a read of
-  -- every account per job.
-  local free, total = {}, 0
-  for i = 1, N do
-    free[i] = math.max(0, free_slots(i))
-    total = total + free[i]
-  end
-  local scanned, offset = 0, 0
-  while scanned < 500 and total > 0 do
-    local batch = redis.call('ZRANGE', KEYS[K_WAITING], offset, offset + 49)
-    if #batch == 0 then return end
-    for _, job in ipairs(batch) do
-      if total <= 0 then return end
-      scanned = scanned + 1
-      local i = choose_account(redis.call('HGET', KEYS[K_PINS], job), free)
-      if i then
-        redis.call('ZREM', KEYS[K_WAITING], job)
-        redis.call('HDEL', KEYS[K_PINS], job)
-        grant(i, job)
-        free[i] = free[i] - 1
-        total = total - 1
-      else
-        offset = offset + 1
-      end
+  for _ = 1, HANDOFF_BATCH do
+    local head = redis.call('ZRANGE', KEYS[K_WAITING], 0, 0, 'WITHSCORES')
+    local ready = redis.call('ZRANGE', KEYS[K_PINNED_READY], 0, 0, 'WITHSCORES')
+    if ready[1] and (not head[1] or tonumber(ready[2]) < tonumber(head[2])) then
+      local account = ready[1]
+      local member = pinned_head(account)
+      local job = string.match(member, '\n%d+\n(.*)$')
+      redis.call('ZREM', KEYS[K_PINNED], member)
+      redis.call('HDEL', KEYS[K_PINS], job)
+      refresh_pinned_ready(account, grant(account, job))
+    elseif head[1] then
+      local account = best_account()
+      if not account then return end
+      redis.call('ZREM', KEYS[K_WAITING], head[1])
+      grant(account, head[1])
+    else
+      return
     end
   end
 end
 
--- Extend the job's lease; ``account`` (the job's record says which) saves looking in every
--- account's lease set. ZADD XX never creates a lease that is not there.
-local function renew(job, account)
-  if account and account ~= '' then
-    for i = 1, N do
-      if cfg.accounts[i] == account then
-        redis.call('ZADD', lease_key(i), 'XX', NOW + cfg.lease_ms, job)
-        return i
-      end
-    end
-  end
-  local i = lease_of(job)
-  if i then redis.call('ZADD', lease_key(i), 'XX', NOW + cfg.lease_ms, job) end
-  return i
+-- Extend the job's lease; ZADD XX never creates a lease that is not there.
+local function renew(job)
+  redis.call('ZADD', KEYS[K_LEASES], 'XX', NOW + cfg.lease_ms, job)
 end
 
 local function release(job)
-  local i = lease_of(job)
-  if i then
-    redis.call('ZREM', lease_key(i), job)
-    return cfg.accounts[i]
-  end
-  return nil
+  local account = lease_of(job)
+  if account then drop_lease(job, account) end
+  return account
 end
 
 local function move_state_index(job, old, new)
@@ -201,12 +282,19 @@ end
 local function unschedule(job)
   redis.call('ZREM', KEYS[K_POLLS], job)
   redis.call('ZREM', KEYS[K_POLLING], job)
-  redis.call('ZREM', KEYS[K_WAITING], job)
-  redis.call('HDEL', KEYS[K_PINS], job)
+  leave_queue(job)
 end
 
--- Put a job back in line (head of its priority band: it keeps its original arrival time).
+-- Put a job in line (a job back in line keeps its original arrival time: head of its band).
 local function enqueue_waiting(job, priority, created_ms, pinned)
-  redis.call('ZADD', KEYS[K_WAITING], waiting_score(priority, created_ms), job)
-  if pinned and pinned ~= '' then redis.call('HSET', KEYS[K_PINS], job, pinned) end
+  local score = waiting_score(priority, created_ms)
+  if pinned and pinned ~= '' then
+    leave_queue(job)
+    local member = pinned .. '\n' .. string.format('%016.0f', score) .. '\n' .. job
+    redis.call('ZADD', KEYS[K_PINNED], 0, member)
+    redis.call('HSET', KEYS[K_PINS], job, member)
+    refresh_pinned_ready(pinned)
+  else
+    redis.call('ZADD', KEYS[K_WAITING], score, job)
+  end
 end

@@ -1,6 +1,6 @@
 -- reconcile.lua: make one account's slots agree with what the provider says runs on it.
--- KEYS: the prelude layout; KEYS[19+N] is the provider's capacity record hash (account -> JSON of
--- the last sync); KEYS[20+N..] are the hashes of the jobs named in ARGV[2].jobs, in that order.
+-- KEYS: the prelude layout; KEYS[25] is the provider's capacity record hash (account -> JSON of
+-- the last sync); KEYS[26..] are the hashes of the jobs named in ARGV[2].jobs, in that order.
 -- ARGV[2]: JSON {account, listed_at_ms (Redis time just before the listing was requested),
 --   grace_ms, poll_ms, lists_refs (the provider echoes our ref), max_tries, provider_max (or null),
 --   entries [{pid, job ('' = no candidate), by ('ref' | 'pid')}], jobs [job ids]}.
@@ -26,13 +26,11 @@
 -- Returns JSON {foreign, adopted[], rebuilt[], resubmitted[], interrupted[], checked[]}.
 
 local p = cjson.decode(ARGV[2])
-local a = nil
-for i = 1, N do if cfg.accounts[i] == p.account then a = i end end
-if not a then return cjson.encode({error = 'unknown account'}) end
-local account = cfg.accounts[a]
-local CAPACITY = KEYS[FIXED + N + 1]
+if redis.call('HEXISTS', KEYS[K_ACCOUNTS], p.account) == 0 then return cjson.encode({error = 'unknown account'}) end
+local account = p.account
+local CAPACITY = KEYS[FIXED + 1]
 local hashes = {}
-for k, job in ipairs(p.jobs) do hashes[job] = KEYS[FIXED + N + 1 + k] end
+for k, job in ipairs(p.jobs) do hashes[job] = KEYS[FIXED + 1 + k] end
 local grace = tonumber(p.grace_ms)
 local listed_at = tonumber(p.listed_at_ms)
 
@@ -44,18 +42,17 @@ local function note(list, job) out[list][#out[list] + 1] = job end
 -- The job runs on this account at the provider: hold its lease here (moved, renewed or recreated),
 -- even past maxJobs (the provider's word wins; free slots then stay at 0 until it ends).
 local function hold_lease(job)
-  local i = lease_of(job)
-  if i and i ~= a then redis.call('ZREM', lease_key(i), job) end
-  redis.call('ZADD', lease_key(a), NOW + cfg.lease_ms, job)
+  local held = lease_of(job)
+  if held and held ~= account then drop_lease(job, held) end
+  if held == account then renew(job) else add_lease(job, account) end
   -- A lease that expired meanwhile put the job on the sweep's list; the provider says it lives.
   redis.call('LREM', KEYS[K_EXPIRED], 0, job)
-  return i == a
+  return held == account
 end
 
 local function adopt(job, key, state, pid)
+  leave_queue(job)
   hold_lease(job)
-  redis.call('ZREM', KEYS[K_WAITING], job)
-  redis.call('HDEL', KEYS[K_PINS], job)
   local f = redis.call('HMGET', key, 'reply_url', 'notify_progress')
   local seq = redis.call('HINCRBY', key, 'seq', 1)
   redis.call('HSET', key, 'state', 'active', 'provider_job_id', pid, 'account', account,
@@ -110,7 +107,7 @@ for _, job in ipairs(p.jobs) do
         redis.call('HSET', key, 'submit_open', '0', 'updated_ms', NOW,
                    'message', 'not accepted by the provider (absent from its listing): submitting again')
         if lease_of(job) then
-          renew(job, account)
+          renew(job)
           enqueue_submit(job)
           emit(job, 'submitting', 0, account, 'reconcile')
         else
@@ -123,7 +120,7 @@ for _, job in ipairs(p.jobs) do
         end
         note('resubmitted', job)
       end
-    elseif r[1] == job and r[2] == 'active' and (r[6] or '') ~= '' and lease_of(job) == a then
+    elseif r[1] == job and r[2] == 'active' and (r[6] or '') ~= '' and lease_of(job) == account then
       local since = tonumber(r[8] or r[7] or NOW)
       if since + grace <= listed_at then
         schedule_poll(job, 0)
@@ -138,6 +135,9 @@ if foreign > 0 then
 else
   redis.call('HDEL', KEYS[K_FOREIGN], account)
 end
+-- The account's room from what is held now: the foreign count changed, and lease keys lost to an
+-- older snapshot heal here too (O(log n)).
+rebuild_room(account, tonumber(redis.call('HGET', KEYS[K_ACCOUNTS], account)))
 redis.call('HSET', CAPACITY, account, cjson.encode({
   synced_ms = NOW, listed = #p.entries, foreign = foreign, provider_max = p.provider_max}))
 handoff()

@@ -2,7 +2,7 @@
 -- (429 / no capacity, or auth / credits): give the slot back, cool down or disable the account,
 -- and put the job back at the head of its priority band. The freed slots go to the next jobs in
 -- the same script (possibly this job, on another account).
--- KEYS: the prelude layout; KEYS[19+N] is the job's hash.
+-- KEYS: the prelude layout; KEYS[25] is the job's hash.
 -- ARGV[2]: account; ARGV[3]: cooldown until (ms, 0 = none); ARGV[4]: disable reason ('' = none);
 -- ARGV[5]: message for the event.
 -- Returns {'requeued'} | {'failed'} (no enabled account is left for it) | {'skip', state}.
@@ -12,24 +12,22 @@ if not job then return {'missing'} end
 local state = redis.call('HGET', JOB_KEY, 'state')
 if state ~= 'submitting' and state ~= 'queued' then return {'skip', state} end
 local account = ARGV[2]
-local until_ms = tonumber(ARGV[3])
-if until_ms > 0 then
-  local current = tonumber(redis.call('ZSCORE', KEYS[K_COOLDOWN], account) or 0)
-  if until_ms > current then redis.call('ZADD', KEYS[K_COOLDOWN], until_ms, account) end
+drop_expired()
+if redis.call('HEXISTS', KEYS[K_ACCOUNTS], account) == 1 then
+  cool_down(account, tonumber(ARGV[3]))
+  if ARGV[4] ~= '' then disable(account, ARGV[4]) end
 end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[K_DISABLED], account, ARGV[4]) end
 release(job)
 
+-- Is any enabled account left for it? (room counts a disabled account 1e9 down: one range count)
 local pin = redis.call('HGET', JOB_KEY, 'pinned') or ''
-local usable = 0
-for i = 1, N do
-  local name = cfg.accounts[i]
-  if (pin == '' or pin == name) and redis.call('HEXISTS', KEYS[K_DISABLED], name) == 0
-     and tonumber(redis.call('HGET', KEYS[K_ACCOUNTS], name) or 0) > 0 then
-    usable = usable + 1
-  end
+local usable
+if pin ~= '' then
+  usable = tonumber(redis.call('ZSCORE', KEYS[K_ROOM], pin) or ENABLED_FLOOR) > ENABLED_FLOOR
+else
+  usable = redis.call('ZCOUNT', KEYS[K_ROOM], '(' .. ENABLED_FLOOR, '+inf') > 0
 end
-if usable == 0 then
+if not usable then
   local message = 'no enabled account left for this job: ' .. ARGV[5]
   redis.call('HSET', JOB_KEY, 'state', 'failed', 'message', message, 'error_type', 'no_account',
              'updated_ms', NOW, 'finished_ms', NOW, 'ended_by', 'slots')

@@ -1,6 +1,6 @@
 -- reschedule_polls.lua: polls that found no change: renew each job's lease (the provider says it
 -- is alive), clear its poll-error count and schedule its next poll, in one call for a whole batch.
--- KEYS: the prelude layout; KEYS[19+N+k] is the hash of the k-th job.
+-- KEYS: the prelude layout; KEYS[24+k] is the hash of the k-th job.
 -- ARGV[2]: delay until the next poll (ms); ARGV[3..]: job ids, in the order of their hashes.
 -- Only jobs this worker still holds a claim on are rescheduled (a terminal job is left alone).
 -- A job with its own 'poll_ms' (the safety poll of a job that gets callbacks) uses it, and when
@@ -11,7 +11,7 @@ local done = 0
 for k = 3, #ARGV do
   local job = ARGV[k]
   if redis.call('ZREM', KEYS[K_POLLING], job) == 1 then
-    local hash = KEYS[FIXED + N + k - 2]
+    local hash = KEYS[FIXED + k - 2]
     local own = tonumber(redis.call('HGET', hash, 'poll_ms') or '')
     local wait = own or delay
     if own and redis.call('HGET', hash, 'poll_backoff') then

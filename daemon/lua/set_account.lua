@@ -6,10 +6,10 @@
 local name = ARGV[2]
 if redis.call('HEXISTS', KEYS[K_ACCOUNTS], name) == 0 then return 0 end
 if ARGV[3] == '' then
-  redis.call('HDEL', KEYS[K_DISABLED], name)
-  redis.call('ZREM', KEYS[K_COOLDOWN], name)
+  enable(name)
+  end_cooldown(name)
   handoff()
 else
-  redis.call('HSET', KEYS[K_DISABLED], name, ARGV[3])
+  disable(name, ARGV[3])
 end
 return 1

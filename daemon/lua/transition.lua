@@ -1,6 +1,6 @@
 -- transition.lua: apply one update to a job, monotonically and idempotently.
--- KEYS: the prelude layout; KEYS[FIXED+N+1] is the job's hash; after it (addressed relative to it)
---       KEYS[FIXED+N+2] the provider's asset index and KEYS[FIXED+N+3] its asset hash prefix.
+-- KEYS: the prelude layout; KEYS[FIXED+1] is the job's hash; after it (addressed relative to it)
+--       KEYS[FIXED+2] the provider's asset index and KEYS[FIXED+3] its asset hash prefix.
 -- ARGV[2]: JSON update {state, progress?, message?, artifact? (JSON text), provider_job_id?,
 --          error_type?, fields? {name: text}, confirm? (true: a callback, only a hint)}
 -- ARGV[3]: poll again in this many ms while the job is active (0: leave the poll schedule alone);
@@ -76,7 +76,7 @@ end
 -- An active job lives on: renew its lease and set its next poll (now, when a callback's hint
 -- needs the provider's word).
 local function keep_polling()
-  renew(job, account)
+  renew(job)
   if confirming then
     schedule_poll(job, 0)
   elseif poll_ms > 0 then
@@ -91,7 +91,7 @@ end
 if new == 'completed' and (u.artifact == nil or u.artifact == '') then
   -- Poll again soon (ARGV's interval, not a slow safety poll): the artifact usually follows.
   if cur == 'active' then
-    renew(job, account)
+    renew(job)
     schedule_poll(job, tonumber(ARGV[3]) > 0 and tonumber(ARGV[3]) or 1000)
   end
   return {'no_artifact', cur}
@@ -150,7 +150,7 @@ if RANK[new] == 3 then
     a.provider, a.workflow, a.account, a.job_id = jf[1], jf[2], account, job
     a.provider_job_id = has_pid and u.provider_job_id or rec[6]
     a.created_ms, a.source = tostring(NOW), 'job'
-    local asset_keys = FIXED + N + 1
+    local asset_keys = FIXED + 1
     put_asset(KEYS[asset_keys + 1], KEYS[asset_keys + 2], a, tonumber(ARGV[6]), NOW, 'job')
   end
   handoff()

@@ -24,6 +24,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from daemon import keys
+from tests.harness import slots as slot_index
 from tests.harness.oracle import Oracle
 
 TERMINAL = ("completed", "failed", "canceled")
@@ -72,10 +73,13 @@ async def _one_terminal_record_each(client: aioredis.Redis, ids: list[str], prov
 
 async def _no_lease_or_waiting_job_left(client: aioredis.Redis, providers: list[str]) -> None:
     for provider in providers:
-        async for lease_key in client.scan_iter(match=f"{keys.tag(provider)}:leases:*"):
-            held = await client.zrange(lease_key, 0, -1)
-            assert held == [], f"{lease_key} still holds leases after the drain: {held}"
-        waiting = await client.zrange(keys.provider_keys(provider).waiting, 0, -1)
+        pk = keys.provider_keys(provider)
+        held = await client.zrange(pk.held_by, 0, -1)
+        assert held == [], f"{provider} still holds leases after the drain: {held}"
+        assert await client.zcard(pk.leases) == 0, f"{provider}'s lease index is not empty after the drain"
+        async for old_key in client.scan_iter(match=f"{keys.tag(provider)}:leases:*"):
+            raise AssertionError(f"{old_key}: a layout-1 lease key is still there")
+        waiting = await slot_index.waiting_jobs(client, provider)
         assert waiting == [], f"jobs of {provider} still waiting after the drain: {waiting}"
 
 
