@@ -1,0 +1,43 @@
+-- archive_finish.lua: record how one attempt at archiving an asset went.
+-- KEYS[1]: the provider's archive queue; KEYS[2]: the asset's archive hash; KEYS[3]: the asset's
+-- hash; KEYS[4]: the provider's archive events stream; KEYS[5]: the retention zset (asset id ->
+-- delete at, ms); KEYS[6]: the object's references (set of asset ids); KEYS[7]: the usage hash.
+-- ARGV[1]: asset id; ARGV[2]: JSON of the fields to set (state, sha256, bytes, mime, message,
+-- final); ARGV[3]: when to try again (ms; 0: settled, the asset leaves the queue); ARGV[4]: when
+-- an archived copy is deleted (ms). The retention keys are shared by every provider (objects are
+-- content-addressed): a single Redis, as genrelay requires, runs this script as one.
+-- An archived copy is never overwritten by a late attempt that failed. Settled outcomes are
+-- added to the events stream (what waits on them reads it). Returns the state now recorded.
+local f = cjson.decode(ARGV[2])
+local cur = redis.call('HGET', KEYS[2], 'state')
+if cur == 'archived' and f.state ~= 'archived' then return cur end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fields = {'updated_ms', now}
+for k, v in pairs(f) do fields[#fields + 1] = k; fields[#fields + 1] = tostring(v) end
+if f.state == 'archived' then
+  redis.call('HDEL', KEYS[2], 'message', 'retry_ms')
+  if cur ~= 'archived' then
+    redis.call('ZADD', KEYS[5], tonumber(ARGV[4]), ARGV[1])
+    if redis.call('SADD', KEYS[6], ARGV[1]) == 1 and redis.call('SCARD', KEYS[6]) == 1 then
+      redis.call('HINCRBY', KEYS[7], 'objects', 1)
+      redis.call('HINCRBY', KEYS[7], 'bytes', tonumber(f.bytes))
+    end
+  end
+  fields[#fields + 1] = 'archived_ms'; fields[#fields + 1] = now
+end
+local retry = tonumber(ARGV[3])
+if retry > 0 then
+  fields[#fields + 1] = 'retry_ms'; fields[#fields + 1] = retry
+  redis.call('ZADD', KEYS[1], 'XX', retry, ARGV[1])
+else
+  redis.call('HDEL', KEYS[2], 'retry_ms')
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+redis.call('HSET', KEYS[2], unpack(fields))
+local ttl = redis.call('PTTL', KEYS[3])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if retry == 0 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'asset', ARGV[1], 'state', f.state)
+end
+return f.state

@@ -1,0 +1,36 @@
+-- create_job.lua: store a new job and try to give it a slot, in one step.
+-- KEYS: the prelude layout (lib.lua); KEYS[19+N] is the new job's hash.
+-- ARGV[2]: JSON object of the job's fields (strings); ARGV[3]: pinned account or '';
+-- ARGV[4]: priority 0..9 (higher goes first).
+-- Returns {'exists'} when the id is taken (idempotent enqueue), {'dispatched', account} when a slot
+-- was free (its submission is enqueued), or {'waiting'} when it joined the provider's queue.
+
+if redis.call('EXISTS', JOB_KEY) == 1 then return {'exists'} end
+local job = cjson.decode(ARGV[2])
+local id = job.id
+local pinned = ARGV[3]
+local priority = tonumber(ARGV[4])
+local flat = {}
+for k, v in pairs(job) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+redis.call('HSET', JOB_KEY, 'state', 'queued', 'progress', '0', 'seq', '1',
+           'created_ms', NOW, 'updated_ms', NOW, unpack(flat))
+redis.call('ZADD', KEYS[K_INDEX], NOW, id)
+move_state_index(id, nil, 'queued')
+emit(id, 'queued', 0, pinned, 'api')
+
+drop_expired()
+-- Jobs already waiting go first: a newcomer only takes a slot when nobody eligible is ahead of it.
+if redis.call('ZCARD', KEYS[K_WAITING]) > 0 then
+  enqueue_waiting(id, priority, NOW, pinned)
+  handoff()
+  if redis.call('ZSCORE', KEYS[K_WAITING], id) then return {'waiting'} end
+  local i = lease_of(id)
+  return {'dispatched', i and cfg.accounts[i] or ''}
+end
+local i = choose_account(pinned)
+if i then
+  grant(i, id)
+  return {'dispatched', cfg.accounts[i]}
+end
+enqueue_waiting(id, priority, NOW, pinned)
+return {'waiting'}
