@@ -5,7 +5,8 @@ Without a name (``make bench``) the short ones run: slots, dispatch, callbacks, 
 burst and latency (jobs through a Redis link with 200 ms of latency). The long ones run only when
 named (see README "Measuring"): ``load`` (scenario F47 of docs/fault-scenarios.md, 10,000 jobs),
 ``polling`` (the polling ceiling, 10,000 jobs for 60 s), ``archive`` (copy speed and memory
-of the artifact archive) and ``soak`` (scenario F48,
+of the artifact archive), ``scale`` (slot script cost by accounts and backlog, polling over
+300 accounts, memory per job; docs/slots.md) and ``soak`` (scenario F48,
 ``make soak MINUTES=N``). Options after the name go to that benchmark:
 ``python -m bench load --jobs 500``. ``validation`` (job request validation, the msgspec models
 against the hand-written checks they replaced) runs only when named.
@@ -24,6 +25,7 @@ from bench import (
     load,
     polling,
     redis_latency,
+    scale,
     slots,
     soak,
     validation,
@@ -51,6 +53,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "soak": soak.main,
     "validation": _plain(validation.main),
     "archive": archive.main,
+    "scale": scale.main,
 }
 SHORT = ("slots", "dispatch", "callbacks", "burst", "latency")
 

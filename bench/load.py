@@ -329,7 +329,7 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> bool:
     )
     delta = command_delta(before, after)
     per_job = sum(delta.values()) / max(1, len(ids))
-    top = ", ".join(f"{name} {calls / max(1, len(ids)):.1f}" for name, calls in list(delta.items())[:6])
+    top = ", ".join(f"{name} {calls / max(1, len(ids)):.1f}" for name, calls in list(delta.items())[:16])
     print(
         f"  Redis commands per job {per_job:.0f}, of them {delta.get('evalsha', 0) / max(1, len(ids)):.1f} "
         f"script calls (top: {top}, ...); provider requests "

@@ -1,16 +1,17 @@
 """The polling ceiling: how many status reads one worker process keeps up with.
 
 Run: ``.venv/bin/python -m bench polling`` (10,000 jobs polled every 5 s for 60 s; ``--jobs`` and
-``--seconds`` to shrink it). A throwaway Redis, the emulator in this process (LTX keys, jobs that
-outlast the run, so every job stays active and is only ever polled), and ONE ``genrelay worker``.
-The worker submits the jobs; once all of them are active, the measurement window starts.
+``--seconds`` to shrink it; ``--accounts`` and ``--workers`` to spread it, 10 and 1 by default). A
+throwaway Redis, the emulator in this process (LTX keys, jobs that outlast the run, so every job
+stays active and is only ever polled), and ``genrelay worker`` processes.
+The workers submit the jobs; once all of them are active, the measurement window starts.
 
 Reported for the window, from what the emulator answered (bench/common.py ``ProviderTraffic``):
 
 * status reads per second against the schedule (jobs / poll interval, 2,000/s for 10,000 jobs
   every 5 s), as a ratio: the baseline is the schedule itself;
 * poll lateness p50/p99 (spacing of two reads of the same job minus the interval);
-* the worker's RSS (start and end of the window) and CPU (cores used during the window).
+* the workers' RSS (start and end of the window, summed) and CPU (cores used during the window).
 """
 
 from __future__ import annotations
@@ -29,16 +30,24 @@ from bench.load import LTX_PARAMS, Fleet
 from daemon import keys
 from daemon.accounts_file import MAX_ACCOUNT_JOBS
 from daemon.jobs import JobRequest
+from daemon.processes import Child
 from daemon.services import open_services
 from daemon.settings import Settings
 
-ACCOUNTS = 10
-WARM_UP_TIMEOUT_S = 600.0
+WARM_UP_TIMEOUT_S = 900.0
+
+
+def rss_sum(workers: list[Child]) -> float:
+    return sum(rss_mb(w.pid) for w in workers)
+
+
+def cpu_sum(workers: list[Child]) -> float:
+    return sum(cpu_seconds(w.pid) for w in workers)
 
 
 async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> dict[str, float]:
-    per_account = min(MAX_ACCOUNT_JOBS, math.ceil(args.jobs / ACCOUNTS))
-    fleet = Fleet(ltx={f"ltx{n:02}": per_account for n in range(ACCOUNTS)}, studio={}, workdir=workdir)
+    per_account = min(MAX_ACCOUNT_JOBS, math.ceil(args.jobs / args.accounts))
+    fleet = Fleet(ltx={f"ltx{n:03}": per_account for n in range(args.accounts)}, studio={}, workdir=workdir)
     traffic = ProviderTraffic()
     async with emulator(fleet.emulator_config(job_seconds=3600.0, seed=1), traffic) as base_url:
         env = fleet.env(redis_url, base_url, GENRELAY_POLL_INTERVAL=str(args.interval))
@@ -52,24 +61,27 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> dict[s
                     "params": {"prompt": f"[seconds=3600] poll {n}", **LTX_PARAMS},
                 }
                 await services.store.create(JobRequest.from_json(body))
-            worker = cluster.start("worker", "worker-1")
+            workers = [cluster.start("worker", f"worker-{n + 1}") for n in range(args.workers)]
             active_key = keys.provider_keys("ltx").state("active")
             deadline = time.monotonic() + WARM_UP_TIMEOUT_S
             while await services.client.zcard(active_key) < args.jobs:
-                if time.monotonic() > deadline or not worker.alive():
-                    raise RuntimeError(f"the jobs did not all become active; see {worker.log_path}")
+                dead = [w for w in workers if not w.alive()]
+                if time.monotonic() > deadline or dead:
+                    log = (dead or workers)[0].log_path
+                    raise RuntimeError(f"the jobs did not all become active; see {log}")
                 await asyncio.sleep(0.5)
             # One interval for the submissions' first polls to spread out, then the window.
             await asyncio.sleep(args.interval)
-            start, rss_start, cpu_start = time.monotonic(), rss_mb(worker.pid), cpu_seconds(worker.pid)
+            start, rss_start, cpu_start = time.monotonic(), rss_sum(workers), cpu_sum(workers)
             rss_peak = rss_start
             while time.monotonic() < start + args.seconds:
                 await asyncio.sleep(1.0)
-                rss_peak = max(rss_peak, rss_mb(worker.pid))
+                rss_peak = max(rss_peak, rss_sum(workers))
             end = time.monotonic()
-            rss_end, cpu_end = rss_mb(worker.pid), cpu_seconds(worker.pid)
-            if not worker.alive():
-                raise RuntimeError(f"the worker died during the window; see {worker.log_path}")
+            rss_end, cpu_end = rss_sum(workers), cpu_sum(workers)
+            for worker in workers:
+                if not worker.alive():
+                    raise RuntimeError(f"a worker died during the window; see {worker.log_path}")
         finally:
             cluster.stop_all()
             await services.close()
@@ -95,6 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval", type=float, default=5.0, help="GENRELAY_POLL_INTERVAL (default: %(default)s)"
     )
+    parser.add_argument(
+        "--accounts", type=int, default=10, help="LTX accounts the jobs spread over (default: %(default)s)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     with embedded_redis() as url, tempfile.TemporaryDirectory(prefix="genrelay-polling-") as tmp:
         f = asyncio.run(run(args, url, Path(tmp)))
     print(
-        f"polling: one worker, {args.jobs} active jobs every {args.interval:g} s: "
+        f"polling: {args.workers} worker(s), {args.accounts} accounts, {args.jobs} active jobs "
+        f"every {args.interval:g} s: "
         f"{f['reads_per_s']:.0f} status reads/s = "
         f"{f['reads_per_s'] / f['schedule_per_s']:.2f} x the schedule "
         f"({f['schedule_per_s']:.0f}/s); lateness at the provider p50 {f['p50_ms']:.0f} ms, "
-        f"p99 {f['p99_ms']:.0f} ms ({f['samples']:.0f} reads); worker RSS {f['rss_start']:.0f} -> "
+        f"p99 {f['p99_ms']:.0f} ms ({f['samples']:.0f} reads); workers' RSS {f['rss_start']:.0f} -> "
         f"{f['rss_end']:.0f} MiB (peak {f['rss_peak']:.0f}), CPU {f['cores']:.2f} cores; "
         f"window {args.seconds:g} s"
     )
