@@ -95,6 +95,7 @@ class ProviderKeys:
     # hash  account -> JSON of the last capacity sync (when, what the provider listed)
     capacity: str
     layout: str  # string  the slot layout version of this provider's keys (see SLOT_LAYOUT)
+    accounts_digest: str  # string  digest of the accounts list sync_accounts.lua loaded last
     sweep_cursor: str  # string  where in the 'queued' index the last sweep stopped
 
     def fixed(self) -> list[str]:
@@ -148,6 +149,7 @@ def provider_keys(provider: str) -> ProviderKeys:
         pinned_ready=f"{base}:pinned_ready",
         capacity=f"{base}:capacity",
         layout=f"{base}:layout",
+        accounts_digest=f"{base}:accounts-digest",
         sweep_cursor=f"{base}:sweep_cursor",
     )
 

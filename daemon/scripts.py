@@ -17,7 +17,9 @@ from daemon.tasks import lua_names
 _LUA = resources.files("daemon") / "lua"
 # The tasks' queue names come from daemon/tasks.py, ahead of the prelude that schedules them.
 _PRELUDE = lua_names() + (_LUA / "lib.lua").read_text()
-_STANDALONE = frozenset({"claim_polls", "record_asset", "take_request", "postpone_poll", "reject_job"})
+_STANDALONE = frozenset(
+    {"claim_polls", "claim_tasks", "record_asset", "take_request", "postpone_poll", "reject_job"}
+)
 # Scripts that record assets also get asset_lib.lua (after the slot prelude, when they have it).
 _ASSET_LIB = (_LUA / "asset_lib.lua").read_text()
 _WITH_ASSETS = frozenset({"transition", "record_asset"})
@@ -50,6 +52,7 @@ class Scripts:
     take_request: AsyncScript
     postpone_poll: AsyncScript
     reject_job: AsyncScript
+    claim_tasks: AsyncScript
     upgrade_layout: AsyncScript
 
     @classmethod

@@ -81,6 +81,7 @@ class Settings:
     asset_retention: float
     worker_concurrency: int
     queue_poll_delay: float
+    queue_poll_max_delay: float
     job_timeout: float
     shutdown_grace: float
     health_interval: float
@@ -175,6 +176,7 @@ class Settings:
             # How often an idle worker looks at the queue: a freed slot waits half this on average before
             # its next submission starts (bench/dispatch.py); one cheap ZRANGEBYSCORE per look.
             queue_poll_delay=reader.number("QUEUE_POLL_DELAY", 0.01),
+            queue_poll_max_delay=reader.number("QUEUE_POLL_MAX_DELAY", 0.05),
             job_timeout=reader.number("JOB_TIMEOUT", 60.0),
             # On SIGTERM a worker takes no new task and lets running ones finish for this long; more
             # than a provider request's 30 s timeout, so a submission is never cut off mid-call.

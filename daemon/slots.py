@@ -12,6 +12,7 @@ the same with 3 accounts or 300, and with an empty queue or 100,000 waiting jobs
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -137,12 +138,18 @@ class SlotAllocator:
     def scope(self, provider: str) -> ProviderScope:
         return self.scopes[provider]
 
-    async def sync_accounts(self) -> None:
-        """Load every account's maxJobs into Redis; a raised maxJobs dispatches waiting jobs at once."""
+    async def sync_accounts(self, unless_loaded: bool = False) -> None:
+        """Load every account's maxJobs into Redis; a raised maxJobs dispatches waiting jobs at once.
+        ``unless_loaded`` (the sweep's repair): skip a provider whose Redis already holds this exact
+        list, one read instead of a script that rebuilds every account's room."""
         for provider, scope in self.scopes.items():
-            accounts = [[a.name, a.max_jobs] for a in self.settings.accounts_for(provider)]
+            accounts = orjson.dumps([[a.name, a.max_jobs] for a in self.settings.accounts_for(provider)])
+            digest = hashlib.sha256(accounts).hexdigest()[:32]
+            digest_key = keys.provider_keys(provider).accounts_digest
+            if unless_loaded and await self.client.get(digest_key) == digest:
+                continue
             await self.scripts.sync_accounts(
-                keys=list(scope.keys), args=[scope.config(), orjson.dumps(accounts)]
+                keys=[*scope.keys, digest_key], args=[scope.config(), accounts, digest]
             )
 
     async def upgrade_layout(self) -> dict[str, int]:

@@ -273,9 +273,14 @@ class JobStore:
         )
         return str(r[0])
 
-    async def claim_polls(self, provider: str, batch: int, claim_ms: int) -> PollBatch:
+    async def claim_polls(
+        self, provider: str, batch: int, claim_ms: int, abandoned: bool = True
+    ) -> PollBatch:
+        """Due polls, at most ``batch``; ``abandoned``: also give back claims dead workers left."""
         pk = keys.provider_keys(provider)
-        r = await self.scripts.claim_polls(keys=[pk.polls, pk.polling], args=[batch, claim_ms, ""])
+        r = await self.scripts.claim_polls(
+            keys=[pk.polls, pk.polling], args=[batch, claim_ms, "", "1" if abandoned else "0"]
+        )
         due = [(r[i], int(float(r[i + 1]))) for i in range(2, len(r), 2)]
         return PollBatch(now_ms=int(r[0]), next_due_ms=int(float(r[1])) if r[1] else None, due=due)
 

@@ -63,6 +63,7 @@ def test_defaults_with_minimal_accounts_file(tmp_path: Path) -> None:
     assert settings.job_retention == 604800.0
     assert settings.worker_concurrency == 50
     assert settings.queue_poll_delay == 0.01
+    assert settings.queue_poll_max_delay == 0.05
     assert settings.job_timeout == 60.0
     assert (settings.log_level, settings.log_format) == ("info", "auto")
     assert settings.accounts == (

@@ -29,8 +29,9 @@ What the scripts promise about slots, checked from Redis alone after every step:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -58,6 +59,7 @@ from tests.conftest import process_env
 from tests.harness import slots as slot_index
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 PROVIDER = "ltx"
 PK = keys.provider_keys(PROVIDER)
@@ -106,6 +108,24 @@ class ModelJob:
         return (9 - self.priority) * BAND + self.created_ms
 
 
+def script(method: Callable[..., R]) -> Callable[..., R]:
+    """A model method that is one script call: it starts with nothing settled (a script called
+    from inside another one, like requeue's finish, shares the outer call's state)."""
+
+    @functools.wraps(method)
+    def run(self: Model, *args: Any, **kwargs: Any) -> R:
+        outer = not self.in_script
+        if outer:
+            self.in_script, self.settled = True, False
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if outer:
+                self.in_script = False
+
+    return run
+
+
 @dataclass
 class Model:
     """What the indexes must hold, kept with plain dicts and the scripts' rules (``lua/lib.lua``)."""
@@ -122,6 +142,9 @@ class Model:
     waiting: set[str] = field(default_factory=set)  # unpinned waiting jobs
     pinned: set[str] = field(default_factory=set)  # pinned waiting jobs
     jobs: dict[str, ModelJob] = field(default_factory=dict)
+    # Whether the running script settled expired leases yet (``drop_expired`` runs once per script).
+    settled: bool = False
+    in_script: bool = False
 
     # -- what the indexes derive from -------------------------------------------------------------
 
@@ -165,6 +188,7 @@ class Model:
         return job_id in self.leases and self.expiry[job_id] > self.now
 
     def drop_expired(self) -> None:
+        self.settled = True
         gone = sorted((expiry, j) for j, expiry in self.expiry.items() if expiry <= self.now)
         for _, job_id in gone:
             self.release(job_id)
@@ -199,6 +223,9 @@ class Model:
         (self.pinned if self.jobs[job_id].pin else self.waiting).add(job_id)
 
     def handoff(self) -> None:
+        # Nothing waits: two counts and done; the expired leases wait for a script that settles them.
+        if not self.settled and not self.waiting and not self.pinned:
+            return
         self.drop_expired()
         while True:
             head = min(((self.jobs[j].score, j) for j in self.waiting), default=None)
@@ -229,6 +256,7 @@ class Model:
 
     # -- one script each --------------------------------------------------------------------------
 
+    @script
     def create(self, job: ModelJob) -> bool:
         """``create_job.lua``; True when the job was dispatched."""
         self.jobs[job.job_id] = job
@@ -248,6 +276,7 @@ class Model:
         self.grant(account, job.job_id)
         return True
 
+    @script
     def finish(self, job_id: str, state: str) -> None:
         """A terminal transition (``transition.lua``)."""
         self.jobs[job_id].state = state
@@ -255,6 +284,7 @@ class Model:
         self.release(job_id)
         self.handoff()
 
+    @script
     def lease_lost(self, job_id: str) -> None:
         """``claim_submit.lua`` for a queued job whose lease is past its expiry."""
         if job_id not in self.waiting and job_id not in self.pinned:
@@ -262,6 +292,7 @@ class Model:
         self.handoff()
         self.expired = [j for j in self.expired if j != job_id]
 
+    @script
     def requeue(self, job_id: str, account: str, until_ms: int, reason: str) -> str:
         self.drop_expired()
         if until_ms > self.now:
@@ -288,21 +319,26 @@ class Model:
     def disable(self, account: str, reason: str) -> None:
         self.disabled[account] = reason
 
+    @script
     def enable(self, account: str) -> None:
         self.disabled.pop(account, None)
         self.cooling.pop(account, None)
         self.handoff()
 
+    @script
     def sync(self, max_jobs: dict[str, int]) -> None:
         self.drop_expired()
         self.max_jobs.update(max_jobs)
         self.handoff()
 
+    @script
     def sweep(self) -> list[str]:
+        self.drop_expired()
         self.handoff()
         out, self.expired = self.expired[:100], self.expired[100:]
         return out
 
+    @script
     def reconcile(self, account: str, ours: list[str], foreign: int) -> tuple[int, list[str], list[str]]:
         self.drop_expired()
         adopted: list[str] = []

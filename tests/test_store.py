@@ -62,8 +62,8 @@ async def test_check_refuses_unknown_operation_and_account(daemon: Services) -> 
     with pytest.raises(InvalidRequest, match="unknown provider"):
         await daemon.store.create(request(provider="vydra"))
     assert (
-        await daemon.client.dbsize() <= 4
-    )  # only the accounts, their room index, the slot layout, the secret
+        await daemon.client.dbsize() <= 5
+    )  # only the accounts, their room index and digest, the slot layout, the secret
 
 
 async def test_progress_only_moves_forward_and_duplicates_change_nothing(daemon: Services) -> None:

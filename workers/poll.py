@@ -27,6 +27,11 @@ log = structlog.get_logger("genrelay.poll")
 
 # Longest idle wait between claims; a newly scheduled poll is due no sooner than the poll interval.
 MAX_IDLE_S = 1.0
+# Shortest wait between claims that did not come back full (a tenth of the poll interval when that
+# is shorter): polls due within it are taken together, at that much lateness.
+MIN_CLAIM_GAP_S = 0.05
+# How often a poller also gives back the claims that dead workers left (they last job_timeout).
+ABANDONED_EVERY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -71,19 +76,33 @@ class Poller:
     async def run(self) -> None:
         store = self.runtime.services.store
         stopping = self.runtime.stopping
+        loop = asyncio.get_running_loop()
+        # When a claim may find something: at once while claims come back full, else at the next
+        # poll due, and no later than the poll interval (a poll scheduled meanwhile is due no
+        # sooner) or MAX_IDLE_S (a callback's hint makes a poll due now). A finished status read
+        # wakes the loop to flush what it read, not to claim again.
+        next_claim = loop.time()
+        next_abandoned_check = next_claim
+        min_gap_s = min(MIN_CLAIM_GAP_S, self.interval_ms / 10_000)
         while not stopping.is_set():
             self.wake.clear()
             await self._flush_unchanged()
             free = self.in_flight_limit - len(self.in_flight)
-            timeout = MAX_IDLE_S
-            if free > 0:
-                batch = await store.claim_polls(self.provider, min(free, self.batch), self.claim_ms)
+            if free > 0 and loop.time() >= next_claim:
+                want = min(free, self.batch)
+                abandoned = loop.time() >= next_abandoned_check
+                if abandoned:
+                    next_abandoned_check = loop.time() + ABANDONED_EVERY_S
+                batch = await store.claim_polls(self.provider, want, self.claim_ms, abandoned=abandoned)
                 if batch.due:
                     await self._start(batch.now_ms, batch.due)
-                    if len(batch.due) == min(free, self.batch):
-                        continue  # more may be due right now
+                if len(batch.due) == want:
+                    continue  # more may be due right now
+                wait_s = min(MAX_IDLE_S, self.interval_ms / 1000)
                 if batch.next_due_ms is not None:
-                    timeout = min(MAX_IDLE_S, max(0.0, (batch.next_due_ms - batch.now_ms) / 1000))
+                    wait_s = min(wait_s, max(0.0, (batch.next_due_ms - batch.now_ms) / 1000))
+                next_claim = loop.time() + max(wait_s, min_gap_s)
+            timeout = max(0.0, next_claim - loop.time()) if free > 0 else MAX_IDLE_S
             if timeout > 0 and not self.unchanged:
                 try:
                     await asyncio.wait_for(self.wake.wait(), timeout)

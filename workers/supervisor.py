@@ -6,8 +6,8 @@ Redis being unreachable at start (``create_pool`` gives up after 5 tries). Two l
 
 * :class:`OutageTolerantWorker` catches Redis errors in the poll loop itself, says so in the log,
   waits with backoff until Redis answers and carries on: running tasks keep running, nothing is
-  restarted. It also gives back the place in ``max_jobs`` that arq takes for a job just before
-  the failing Redis call (arq would otherwise lose one place per outage until it takes no job).
+  restarted. It takes tasks as :class:`~workers.task_claim.TaskClaimingWorker` does, which counts
+  a task in ``max_jobs`` only once its claim succeeded, so a failed claim costs no place.
 * :func:`run_supervised` runs such workers one after the other: when one still ends on a Redis error
   (at start, say), it is closed, Redis is waited for with backoff, and a fresh one starts. SIGTERM
   and SIGINT stop it gracefully: no new task, running ones get ``job_completion_wait``.
@@ -22,7 +22,6 @@ idempotent (the job record's compare-and-set), so the provider sees one submissi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import signal
 from collections.abc import Awaitable, Callable
@@ -37,6 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daemon.backoff import backoff_seconds
 from daemon.redis_connection import connect
+from workers.task_claim import TaskClaimingWorker
 
 log = structlog.get_logger("genrelay.worker")
 
@@ -99,7 +99,7 @@ async def until_redis_answers(call: Callable[[], Awaitable[T]], what: str, withi
             await asyncio.sleep(delay)
 
 
-class OutageTolerantWorker(Worker):
+class OutageTolerantWorker(TaskClaimingWorker):
     """An arq ``Worker`` whose poll loop outlives Redis errors (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -123,19 +123,6 @@ class OutageTolerantWorker(Worker):
         if self.redis_failures:
             log.info("Redis answers again; the worker takes jobs", after_failures=self.redis_failures)
             self.redis_failures = 0
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        for job_id in job_ids:
-            try:
-                await super().start_jobs([job_id])
-            except (RedisError, *UNREACHABLE):
-                # arq counted this job (job_counter, semaphore) before its Redis call failed and never
-                # gives the place back: give it back, or every outage costs one of max_jobs for good.
-                # (Guarded: a failing UNWATCH after arq already gave it back must not push it over.)
-                self.job_counter = max(0, self.job_counter - 1)
-                with contextlib.suppress(ValueError):
-                    self.sem.release()
-                raise
 
 
 async def wait_for_redis(redis_url: str, stopping: asyncio.Event) -> bool:

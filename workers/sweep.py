@@ -20,8 +20,8 @@ async def sweep_once(runtime: WorkerRuntime) -> int:
     """One pass over every provider; returns how many jobs were failed as timed out."""
     services = runtime.services
     failed = 0
-    # Idempotent; restores the accounts after a Redis that lost its data came back.
-    await services.slots.sync_accounts()
+    # Restores the accounts after a Redis that lost its data came back (one read when it did not).
+    await services.slots.sync_accounts(unless_loaded=True)
     for provider in services.settings.providers():
         for job_id in await services.slots.sweep(provider):
             outcome = await services.store.fail_timed_out(job_id, services.settings.lease_ttl_for(provider))

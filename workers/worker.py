@@ -130,6 +130,7 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         keep_result=0,
         max_jobs=settings.worker_concurrency,
         poll_delay=settings.queue_poll_delay,
+        poll_max_delay=settings.queue_poll_max_delay,
         job_timeout=settings.job_timeout,
         health_check_interval=settings.health_interval,
         health_check_key=health_check_key(settings.worker_name),

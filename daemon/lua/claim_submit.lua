@@ -10,18 +10,20 @@
 -- Returns {'go', account, tries, previous_state} | {'interrupted', account, tries} | {'skip', state}
 --       | {'requeued'} | {'missing'}.
 
-local job = redis.call('HGET', JOB_KEY, 'id')
+local rec = redis.call('HMGET', JOB_KEY, 'id', 'state', 'submit_open', 'submit_attempt', 'submit_tries', 'account')
+local job = rec[1]
 if not job then return {'missing'} end
-local state = redis.call('HGET', JOB_KEY, 'state')
+local state = rec[2]
+local submit_open = state == 'submitting' and rec[3] == '1'
+local tries_so_far = tonumber(rec[5] or 0)
 if state ~= 'queued' and state ~= 'submitting' then return {'skip', state} end
 local account = lease_of(job)
 if account and tonumber(redis.call('ZSCORE', KEYS[K_LEASES], job) or 0) <= NOW then account = nil end
 if not account then
-  if state == 'submitting' and redis.call('HGET', JOB_KEY, 'submit_open') == '1' then
+  if submit_open then
     -- The lease is gone but the provider may have accepted the interrupted call: requeuing would
     -- submit it again. The caller looks it up first (or fails it where it cannot).
-    return {'interrupted', redis.call('HGET', JOB_KEY, 'account') or '',
-            tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0)}
+    return {'interrupted', rec[6] or '', tries_so_far}
   end
   if state == 'submitting' then
     redis.call('HSET', JOB_KEY, 'state', 'queued', 'updated_ms', NOW)
@@ -41,11 +43,11 @@ if not account then
 end
 renew(job)
 local attempt = ARGV[2] or ''
-if state == 'submitting' and redis.call('HGET', JOB_KEY, 'submit_open') == '1' then
-  if attempt ~= '' and redis.call('HGET', JOB_KEY, 'submit_attempt') == attempt then
-    return {'go', account, tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0), state}
+if submit_open then
+  if attempt ~= '' and rec[4] == attempt then
+    return {'go', account, tries_so_far, state}
   end
-  return {'interrupted', account, tonumber(redis.call('HGET', JOB_KEY, 'submit_tries') or 0)}
+  return {'interrupted', account, tries_so_far}
 end
 local tries = redis.call('HINCRBY', JOB_KEY, 'submit_tries', 1)
 redis.call('HSET', JOB_KEY, 'state', 'submitting', 'account', account, 'updated_ms', NOW,

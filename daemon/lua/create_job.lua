@@ -23,6 +23,9 @@ drop_expired()
 -- (a pinned job whose account has room is always in pinned_ready).
 if redis.call('ZCARD', KEYS[K_WAITING]) > 0 or redis.call('ZCARD', KEYS[K_PINNED_READY]) > 0 then
   enqueue_waiting(id, priority, NOW, pinned)
+  -- Others wait: the new job takes its turn behind them, and when no account has a free slot
+  -- (the usual case with a backlog) there is nothing to hand out.
+  if not best_account() then return {'waiting'} end
   handoff()
   if is_waiting(id) then return {'waiting'} end
   return {'dispatched', lease_of(id) or ''}

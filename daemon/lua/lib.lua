@@ -234,8 +234,12 @@ end
 -- account with the most room) or, when better, the head of an account's pinned queue that has room.
 -- Runs in the same script as whatever freed the slot, so dispatch follows the event instead of a
 -- loop polling the queue. Each grant costs a few O(log n) reads; jobs pinned to full accounts are
--- never looked at.
+-- never looked at. When no job waits it stops after two counts: expired leases and ended cooldowns
+-- are then settled by the next script that picks an account, or by the sweep.
 local function handoff()
+  if not settled and redis.call('ZCARD', KEYS[K_WAITING]) == 0 and redis.call('HLEN', KEYS[K_PINS]) == 0 then
+    return
+  end
   drop_expired()
   for _ = 1, HANDOFF_BATCH do
     local head = redis.call('ZRANGE', KEYS[K_WAITING], 0, 0, 'WITHSCORES')
@@ -274,15 +278,18 @@ local function move_state_index(job, old, new)
   redis.call('ZADD', KEYS[K_STATE[new]], NOW, job)
 end
 
-local function schedule_poll(job, delay_ms)
-  redis.call('ZREM', KEYS[K_POLLING], job)
+-- ``unclaimed``: the caller knows no poller holds the job (a submit's or a callback's update; a
+-- poll still in flight at that moment only reads the status once more, which is harmless).
+local function schedule_poll(job, delay_ms, unclaimed)
+  if not unclaimed then redis.call('ZREM', KEYS[K_POLLING], job) end
   redis.call('ZADD', KEYS[K_POLLS], NOW + delay_ms, job)
 end
 
-local function unschedule(job)
+-- ``state``: the job's state when the caller knows it; only a queued job can be in line.
+local function unschedule(job, state)
   redis.call('ZREM', KEYS[K_POLLS], job)
   redis.call('ZREM', KEYS[K_POLLING], job)
-  leave_queue(job)
+  if state == nil or state == 'queued' then leave_queue(job) end
 end
 
 -- Put a job in line (a job back in line keeps its original arrival time: head of its band).

@@ -7,6 +7,7 @@
 -- Returns {expired job ids...}
 
 local CURSOR = KEYS[FIXED + 1]
+drop_expired()
 handoff()
 local batch = tonumber(ARGV[3] or 200)
 local from = tonumber(redis.call('GET', CURSOR) or 0)

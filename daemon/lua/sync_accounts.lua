@@ -1,7 +1,8 @@
 -- sync_accounts.lua: load the accounts file into Redis (at start and whenever it changes), rebuild
 -- each account's room from what Redis holds, then hand any slot a raised maxJobs opened to the
 -- waiting jobs.
--- KEYS: the prelude layout (no job hash). ARGV[2]: JSON [[account, maxJobs], ...].
+-- KEYS: the prelude layout; KEYS[FIXED+1] the digest of the list loaded last (a string).
+-- ARGV[2]: JSON [[account, maxJobs], ...]; ARGV[3]: its digest (the sweep skips a list already loaded).
 -- Accounts no longer in the file are removed (their leases run out on their own).
 
 local accounts = cjson.decode(ARGV[2])
@@ -20,5 +21,6 @@ for _, name in ipairs(redis.call('HKEYS', KEYS[K_ACCOUNTS])) do
     redis.call('ZREM', KEYS[K_PINNED_READY], name)
   end
 end
+redis.call('SET', KEYS[FIXED + 1], ARGV[3])
 handoff()
 return #accounts

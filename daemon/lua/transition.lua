@@ -31,7 +31,7 @@
 
 -- One read of everything the decision needs (this script runs on every poll result and callback).
 local rec = redis.call('HMGET', JOB_KEY, 'id', 'state', 'poll_ms', 'progress', 'account', 'provider_job_id',
-                      'seq', 'reply_url', 'notify_progress', 'hinted')
+                      'seq', 'reply_url', 'notify_progress', 'hinted', 'provider', 'operation')
 local job = rec[1]
 if not job then return {'missing', ''} end
 local cur = rec[2]
@@ -75,12 +75,13 @@ end
 
 -- An active job lives on: renew its lease and set its next poll (now, when a callback's hint
 -- needs the provider's word).
+local unclaimed = source == 'submit' or source == 'callback'
 local function keep_polling()
   renew(job)
   if confirming then
-    schedule_poll(job, 0)
+    schedule_poll(job, 0, unclaimed)
   elseif poll_ms > 0 then
-    schedule_poll(job, poll_ms)
+    schedule_poll(job, poll_ms, unclaimed)
   end
 end
 
@@ -141,13 +142,12 @@ emit(job, new, progress, account, source)
 
 notify_app(job, RANK[new] == 3, {rec[8], rec[9], seq})
 if RANK[new] == 3 then
-  unschedule(job)
+  unschedule(job, cur)
   release(job)
   redis.call('EXPIRE', JOB_KEY, cfg.retention_s)
   if new == 'completed' and (ARGV[5] or '') ~= '' then
     local a = cjson.decode(ARGV[5])
-    local jf = redis.call('HMGET', JOB_KEY, 'provider', 'operation')
-    a.provider, a.workflow, a.account, a.job_id = jf[1], jf[2], account, job
+    a.provider, a.workflow, a.account, a.job_id = rec[11], rec[12], account, job
     a.provider_job_id = has_pid and u.provider_job_id or rec[6]
     a.created_ms, a.source = tostring(NOW), 'job'
     local asset_keys = FIXED + 1
