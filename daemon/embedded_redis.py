@@ -73,6 +73,8 @@ LOCK_FILE = "embedded-redis.lock"
 LOG_FILE = "redis.log"
 PID_FILE = "redis.pid"
 AOF_FILE = "appendonly.aof"
+# Longest hash value kept in the compact encoding (Redis default: 64); see config().
+HASH_MAX_ZIPLIST_VALUE = "512"
 SOCKET_FILE = "redis.sock"
 CONF_FILE = "redis.conf"
 PASSWORD_FILE = "redis-password"
@@ -125,7 +127,7 @@ class EmbeddedRedis:
         port 0 (or N)  unixsocket DATA/redis.sock  unixsocketperm 700  bind 127.0.0.1  dir DATA
         appendonly yes  appendfsync everysec  appendfilename appendonly.aof  save ""
         daemonize no  protected-mode yes  maxmemory-policy noeviction  logfile DATA/redis.log
-        pidfile DATA/redis.pid  databases 16  [requirepass ... with a TCP port]
+        pidfile DATA/redis.pid  databases 16  hash-max-ziplist-value 512  [requirepass ... with a TCP port]
         rename-command CONFIG <random>  rename-command DEBUG ""  rename-command MODULE ""
         [KEY VALUE for each extra_config item]
 
@@ -226,6 +228,9 @@ class EmbeddedRedis:
             "logfile": str(self.data_dir / LOG_FILE),
             "pidfile": str(self.data_dir / PID_FILE),
             "databases": "16",
+            # Job and asset records hold a few values longer than Redis's default 64 bytes (the
+            # request's params, the artifact); up to this size a hash stays one compact ziplist.
+            "hash-max-ziplist-value": HASH_MAX_ZIPLIST_VALUE,
         }
         if self._password is not None:
             settings["requirepass"] = self._password

@@ -99,6 +99,8 @@ class JobStore:
             if (request.archive or self.settings.archive.notify) == "before-notify"
             else "",
         }
+        # Fields left empty are not stored: a record of a plain job stays small (readers default them).
+        fields = {name: value for name, value in fields.items() if value}
         scope = self.slots.scope(request.provider)
         result = await self.scripts.create_job(
             keys=scope.keys_with(keys.job_key(job_id)),
