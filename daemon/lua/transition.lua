@@ -142,7 +142,13 @@ emit(job, new, progress, account, source)
 
 notify_app(job, RANK[new] == 3, {rec[8], rec[9], seq})
 if RANK[new] == 3 then
-  unschedule(job, cur)
+  if source == 'poll' and cur == 'active' then
+    -- The poller's claim took the job off the schedule: only the claim is left to drop (a poll a
+    -- callback made due meanwhile finds the job ended and is dropped by the poller).
+    redis.call('ZREM', KEYS[K_POLLING], job)
+  else
+    unschedule(job, cur)
+  end
   release(job)
   redis.call('EXPIRE', JOB_KEY, cfg.retention_s)
   if new == 'completed' and (ARGV[5] or '') ~= '' then
