@@ -5,7 +5,9 @@ Layout 1 is the slot layout before the scale change: one lease zset per account
 ``pins`` hash job -> account. This module fills a Redis exactly as that code did, so a test can hand
 the Redis to the current daemon and check what its start-up upgrade makes of it.
 
-Nothing here follows the daemon as it changes: ``lua/`` is a verbatim copy of ``daemon/lua``, and the
+Nothing here follows the daemon as it changes: ``lua/`` holds verbatim copies of the layout-1
+scripts this writer runs (create_job, claim_submit, transition, sync_accounts, and the preludes
+lib.lua and asset_lib.lua), and the
 key names, the scripts' KEYS and ARGV, the prelude's task names and the job fields are copied (not
 imported) from the same commit's ``daemon/keys.py``, ``daemon/tasks.py``, ``daemon/scripts.py``,
 ``daemon/slots.py`` and ``daemon/store.py``. Do not edit it to match newer code.
