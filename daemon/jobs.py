@@ -132,8 +132,9 @@ class Job:
         return int(value) if value else None
 
     def to_api(self) -> dict[str, Any]:
-        """The job in the shape of useapi's status model (docs/providers.md §1.4), plus genrelay's
-        own fields."""
+        """The job in the shape of useapi's status model
+        (https://useapi.net/docs/api-ltxstudio-v1/get-ltxstudio-assets-jobId), plus genrelay's own
+        fields."""
         f = self.fields
         artifact = orjson.loads(f["artifact"]) if f.get("artifact") else None
         status: dict[str, Any] = {"type": f["state"], "progress": int(f.get("progress") or 0)}

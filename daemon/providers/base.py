@@ -113,8 +113,8 @@ class WebhookProvider(Provider, Protocol):
 
 def action_for_status(status: int, stop_account: frozenset[int]) -> ProviderAction:
     """What an error status means, by the rule every provider's error table follows (useapi.net's
-    pages, https://docs.ltx.video/errors, https://www.vydra.ai/docs/errors; tabled in docs/providers.md
-    under "Error statuses across useapi.net" and "Errors and rate limits"): 404 the job is gone; the
+    endpoint pages such as https://useapi.net/docs/api-ltxstudio-v1/post-ltxstudio-accounts,
+    https://docs.ltx.video/errors, https://www.vydra.ai/docs/errors): 404 the job is gone; the
     provider's account statuses (auth, credits, plan) stop the account; 429 and 5xx are retried; any
     other 4xx (400, 413, 422, ...) is a bad request and fails the job."""
     if status == 404:

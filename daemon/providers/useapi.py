@@ -60,7 +60,8 @@ CALLBACK_TYPES = frozenset({"active", "completed", "failed"})
 
 
 def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
-    """Raise the ``ProviderError`` for a useapi error answer (docs/providers.md §1.6)."""
+    """Raise the ``ProviderError`` for a useapi error answer (the statuses of useapi.net's endpoint
+    pages, e.g. https://useapi.net/docs/api-ltxstudio-v1/post-ltxstudio-accounts)."""
     message = body.get("error") if isinstance(body, dict) else None
     text = f"useapi {status}: {message or 'no message'}"
     action = action_for_status(status, STOP_ACCOUNT_STATUSES)
@@ -437,8 +438,9 @@ class LtxStudioProvider(UseapiListingProvider):
         kind: str | None = None,
     ) -> AssetPage:
         """``GET assets/?email=&page=&limit=[&filter=]``: the account's finished artifacts, newest
-        first (docs/providers.md §1.4), of one ``kind`` (images, videos, audio, other) when given;
-        the signed URLs in it are fresh, so a listing also renews known assets' links."""
+        first (https://useapi.net/docs/api-ltxstudio-v1/get-ltxstudio-assets), of one ``kind``
+        (images, videos, audio, other) when given; the signed URLs in it are fresh, so a listing
+        also renews known assets' links."""
         params: dict[str, str | int] = {"email": account.name, "page": page, "limit": limit}
         if kind is not None:
             params["filter"] = kind

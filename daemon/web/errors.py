@@ -36,7 +36,8 @@ def json_response(data: Any, *, status: int = 200, headers: LooseHeaders | None 
 
 
 def error_response(status: int, message: str, *, headers: LooseHeaders | None = None) -> web.Response:
-    """useapi.net's error shape (docs/providers.md §1.1): ``{"error": message, "code": status}``."""
+    """useapi.net's error shape, ``{"error": message, "code": status}`` (every endpoint page, e.g.
+    https://useapi.net/docs/api-ltxstudio-v1/post-ltxstudio-accounts)."""
     return json_response({"error": message, "code": status}, status=status, headers=headers)
 
 
