@@ -7,9 +7,10 @@ was most of the Redis commands a job cost. :class:`TaskClaimingWorker` takes the
 with ``claim_tasks.lua`` (one call, atomic across workers), which also moves a taken task's score
 to the moment its in-progress key expires: it leaves everyone's reads while it runs and comes back,
 as with arq, when its worker died; a task cut off by a shutdown or retried without delay is put
-back to due at once, as arq does. An empty read doubles the wait before the next one, from
-``GENRELAY_QUEUE_POLL_DELAY`` up to ``GENRELAY_QUEUE_POLL_MAX_DELAY``; a read that finds a task
-resets it.
+back to due at once, as arq does; one whose arq bookkeeping a Redis outage cut off is logged and
+runs again when its hold ends (it is not left for the poll loop to re-raise). An empty read
+doubles the wait before the next one, from ``GENRELAY_QUEUE_POLL_DELAY`` up to
+``GENRELAY_QUEUE_POLL_MAX_DELAY``; a read that finds a task resets it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 from arq import Worker
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from daemon.scripts import script_source
+
+log = structlog.get_logger("genrelay.worker")
 
 
 class TaskClaimingWorker(Worker):
@@ -69,9 +74,18 @@ class TaskClaimingWorker(Worker):
             self.held_scores[job_id] = score
             await self.sem.acquire()
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
+            task = self.loop.create_task(self._run_claimed(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def _run_claimed(self, job_id: str, score: int) -> None:
+        try:
+            await self.run_job(job_id, score)
+        except (RedisError, OSError) as exc:
+            # Redis went away during arq's own reads or writes around the task: its hold runs out
+            # and it runs again. Not an error of the poll loop, which would re-raise it later.
+            self.held_scores.pop(job_id, None)
+            log.warning("Redis cut off a task's bookkeeping; it runs again", task=job_id, error=repr(exc))
 
     async def finish_job(
         self,
