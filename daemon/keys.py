@@ -19,6 +19,8 @@ PREFIX = "genrelay"
 ARQ_QUEUE = f"{PREFIX}:queue"
 # arq's fixed prefix for serialized jobs; the dispatch scripts write submissions there themselves.
 ARQ_JOB_PREFIX = "arq:job:"
+# hash  task id -> runs so far beyond the first, for tasks taken more than once (claim_tasks.lua).
+TASK_RERUNS = f"{ARQ_QUEUE}:reruns"
 # Where versions before the secrets-at-rest change kept a generated GENRELAY_SECRET; read once to move
 # it into the embedded server's data dir, then deleted (see daemon/secret_store.py).
 SECRET = f"{PREFIX}:secret"

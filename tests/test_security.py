@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from arq.constants import in_progress_key_prefix
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -430,10 +429,12 @@ async def logged(process: DaemonProcess, *texts: str, count: int = 1) -> list[st
 
 
 async def finished_by_arq(client: aioredis.Redis, arq_job_id: str) -> None:
-    """Wait until arq's finishing transaction has run (it drops the in-progress and payload keys after
-    logging the task's end, so a payload written before then would be deleted by it)."""
+    """Wait until the worker has removed the task (queue entry and payload; it logs the task's end
+    after that, but a payload written before then would be deleted by it)."""
     for _ in range(1000):  # 10 s at most
-        if not await client.exists(in_progress_key_prefix + arq_job_id, keys.ARQ_JOB_PREFIX + arq_job_id):
+        if not await client.exists(keys.ARQ_JOB_PREFIX + arq_job_id) and (
+            await client.zscore(keys.ARQ_QUEUE, arq_job_id) is None
+        ):
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"arq never finished {arq_job_id}")
@@ -481,7 +482,7 @@ async def test_a_rejection_never_overwrites_an_existing_job(workers: tuple[Servi
         "params": {"prompt": "a lighthouse [ok]", **T2V},
     }
     await enqueue(client, f"accept:{job_id}", accept_payload(job_id, request, now), now)
-    await logged(worker, f"← accept:{job_id}")  # arq ran the first entry...
+    await logged(worker, "task done", f"accept:{job_id}")  # the worker ran the first entry...
     await finished_by_arq(client, f"accept:{job_id}")  # ...and has cleared its keys
     # The same id again with garbage: the job is left alone.
     await client.set(f"{keys.ARQ_JOB_PREFIX}accept:{job_id}", b"{garbage", px=60_000)

@@ -1,6 +1,6 @@
-"""Workers take arq tasks with claim_tasks.lua (workers/task_claim.py): each task once across
-processes, a running task out of everyone's reads, a dead worker's task due again when its
-in-progress key expires, and fewer looks at an idle queue."""
+"""Workers take and run tasks with claim_tasks.lua (workers/task_claim.py): each task once across
+processes, a running task out of everyone's reads, a dead worker's task due again when its hold
+ends and counted as a rerun, Retry and max_tries as with arq, and fewer looks at an idle queue."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
-from arq.constants import in_progress_key_prefix
+from arq import Retry, func
+from arq.utils import timestamp_ms
 
 from daemon import keys
 from daemon.scripts import script_source
 from daemon.settings import Settings
+from workers.task_claim import ClaimedTask, TaskClaimingWorker, claimed_tasks
 
 QUEUE = keys.ARQ_QUEUE
 HOLD_MS = 60_000
@@ -25,30 +29,33 @@ NOW_MS = 1_750_000_000_000
 CLAIMER = """
 import asyncio, json, sys
 import redis.asyncio as aioredis
-from arq.constants import in_progress_key_prefix
+from daemon import keys
 from daemon.scripts import script_source
 
-async def main(url, queue, now):
+async def main(url, now):
     client = aioredis.Redis.from_url(url)
     claim = client.register_script(script_source("claim_tasks"))
     taken = []
     while True:
-        due = await client.zrangebyscore(queue, "-inf", now, start=0, num=7)
+        due = await client.zrangebyscore(keys.ARQ_QUEUE, "-inf", now, start=0, num=7)
         if not due:
             break
-        got = await claim(keys=[queue], args=[in_progress_key_prefix, 60000, now, *due])
-        taken += [got[k].decode() for k in range(0, len(got), 2)]
+        held = [keys.ARQ_QUEUE, keys.TASK_RERUNS]
+        got = await claim(keys=held, args=[keys.ARQ_JOB_PREFIX, 60000, now, *due])
+        taken += [got[k].decode() for k in range(0, len(got), 3)]
     await client.aclose()
     print(json.dumps(taken))
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
-async def claim(client: aioredis.Redis, now_ms: int, *task_ids: str) -> list[tuple[str, int]]:
+async def claim(client: aioredis.Redis, now_ms: int, *task_ids: str) -> list[ClaimedTask]:
     script = client.register_script(script_source("claim_tasks"))
-    got = await script(keys=[QUEUE], args=[in_progress_key_prefix, HOLD_MS, now_ms, *task_ids])
-    return [(str(got[k]), int(got[k + 1])) for k in range(0, len(got), 2)]
+    reply = await script(
+        keys=[QUEUE, keys.TASK_RERUNS], args=[keys.ARQ_JOB_PREFIX, HOLD_MS, now_ms, *task_ids]
+    )
+    return claimed_tasks(reply)
 
 
 async def test_four_worker_processes_take_each_task_exactly_once(
@@ -58,7 +65,7 @@ async def test_four_worker_processes_take_each_task_exactly_once(
     await redis_client.zadd(QUEUE, tasks)
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CLAIMER, redis_url, QUEUE, str(NOW_MS), stdout=asyncio.subprocess.PIPE
+            sys.executable, "-c", CLAIMER, redis_url, str(NOW_MS), stdout=asyncio.subprocess.PIPE
         )
         for _ in range(4)
     ]
@@ -67,30 +74,38 @@ async def test_four_worker_processes_take_each_task_exactly_once(
     taken = Counter(task for out, _ in outputs for task in json.loads(out))
     assert set(taken) == set(tasks)
     assert max(taken.values()) == 1
-    # Taken tasks are held (in-progress key) and out of a read of what is due now.
+    # Taken tasks are held: out of a read of what is due now, and not counted as reruns.
     assert await redis_client.zcount(QUEUE, "-inf", NOW_MS) == 0
-    assert await redis_client.exists(*(in_progress_key_prefix + t for t in tasks)) == len(tasks)
+    assert await redis_client.hlen(keys.TASK_RERUNS) == 0
 
 
-async def test_a_taken_task_comes_back_when_its_hold_expires(redis_client: aioredis.Redis) -> None:
+async def test_a_claim_returns_the_payload_and_the_first_attempt(redis_client: aioredis.Redis) -> None:
+    await redis_client.zadd(QUEUE, {"deliver:a:1": NOW_MS - 5, "deliver:gone:1": NOW_MS - 4})
+    await redis_client.set(keys.ARQ_JOB_PREFIX + "deliver:a:1", b'{"f":"deliver_job"}')
+    got = await claim(redis_client, NOW_MS, "deliver:a:1", "deliver:gone:1")
+    assert got == [
+        ClaimedTask("deliver:a:1", b'{"f":"deliver_job"}', 1),
+        ClaimedTask("deliver:gone:1", None, 1),
+    ]
+
+
+async def test_a_taken_task_comes_back_when_its_hold_ends_as_a_rerun(redis_client: aioredis.Redis) -> None:
     await redis_client.zadd(QUEUE, {"submit:a:1": NOW_MS - 5})
-    assert await claim(redis_client, NOW_MS, "submit:a:1") == [("submit:a:1", NOW_MS + HOLD_MS)]
-    held_ms = await redis_client.pttl(in_progress_key_prefix + "submit:a:1")
-    assert 0 < held_ms <= HOLD_MS
-    assert await redis_client.zscore(QUEUE, "submit:a:1") == NOW_MS + HOLD_MS
-    # Held: another worker's read of it (a stale one) takes nothing, even once it is due.
+    assert [c.attempt for c in await claim(redis_client, NOW_MS, "submit:a:1")] == [1]
+    assert await redis_client.zscore(QUEUE, "submit:a:1") == NOW_MS + HOLD_MS + 0.5
+    # Held: another worker's read of it (a stale one) takes nothing until the hold is over.
     assert await claim(redis_client, NOW_MS + HOLD_MS, "submit:a:1") == []
-    # Its worker died: the in-progress key expired; the task is due at once and taken again.
-    await redis_client.delete(in_progress_key_prefix + "submit:a:1")
-    later = NOW_MS + HOLD_MS
-    assert await claim(redis_client, later, "submit:a:1") == [("submit:a:1", later + HOLD_MS)]
+    # Its worker died: once the hold is over the task is taken again, as its second attempt.
+    later = NOW_MS + HOLD_MS + 1
+    assert [c.attempt for c in await claim(redis_client, later, "submit:a:1")] == [2]
+    assert [c.attempt for c in await claim(redis_client, later + HOLD_MS + 1, "submit:a:1")] == [3]
+    assert await redis_client.hget(keys.TASK_RERUNS, "submit:a:1") == "2"
 
 
 async def test_finished_deferred_and_unknown_tasks_are_not_taken(redis_client: aioredis.Redis) -> None:
     await redis_client.zadd(QUEUE, {"submit:later:1": NOW_MS + 1, "submit:done:1": NOW_MS - 1})
-    await redis_client.zrem(QUEUE, "submit:done:1")  # arq's finish removes it
+    await redis_client.zrem(QUEUE, "submit:done:1")  # its worker finished it
     assert await claim(redis_client, NOW_MS, "submit:later:1", "submit:done:1", "submit:never:1") == []
-    assert await redis_client.exists(in_progress_key_prefix + "submit:later:1") == 0
     assert await redis_client.zscore(QUEUE, "submit:later:1") == NOW_MS + 1
 
 
@@ -118,25 +133,104 @@ async def test_empty_reads_double_the_wait_up_to_the_max(
         await worker.pool.aclose()
 
 
+def worker_running(redis_url: str, coroutine: Any, max_tries: int) -> TaskClaimingWorker:
+    from workers.worker import arq_pool
+
+    return TaskClaimingWorker(
+        functions=[func(coroutine, name="probe", max_tries=max_tries)],
+        queue_name=QUEUE,
+        redis_pool=arq_pool(redis_url),
+        poll_delay=0.01,
+        poll_max_delay=0.02,
+        keep_result=0,
+        handle_signals=False,
+    )
+
+
+async def enqueue(client: aioredis.Redis, task_id: str, *args: Any) -> None:
+    now = timestamp_ms()
+    payload = orjson.dumps({"t": None, "f": "probe", "a": list(args), "k": {}, "et": now})
+    await client.set(keys.ARQ_JOB_PREFIX + task_id, payload, px=60_000)
+    await client.zadd(QUEUE, {task_id: now})
+
+
+async def until_gone(client: aioredis.Redis, task_id: str) -> None:
+    """Wait (bounded) until the worker removed ``task_id``: off the queue, payload and reruns gone."""
+    for _ in range(500):
+        if (
+            not await client.exists(keys.ARQ_JOB_PREFIX + task_id)
+            and await client.zscore(QUEUE, task_id) is None
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{task_id} was never removed")
+
+
+async def test_a_task_that_retries_runs_again_until_max_tries(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    attempts: list[int] = []
+
+    async def probe(ctx: dict[str, Any], name: str) -> None:
+        attempts.append(ctx["job_try"])
+        assert ctx["job_id"] == "probe:retry" and name == "retry"
+        raise Retry(defer=0.01)
+
+    worker = worker_running(redis_url, probe, max_tries=3)
+    main = asyncio.create_task(worker.main())
+    try:
+        await enqueue(redis_client, "probe:retry", "retry")
+        await until_gone(redis_client, "probe:retry")
+        assert attempts == [1, 2, 3]
+        assert worker.jobs_retried == 3 and worker.jobs_failed == 1
+        assert await redis_client.hlen(keys.TASK_RERUNS) == 0
+    finally:
+        main.cancel()
+        await worker.close()
+
+
+async def test_a_task_that_ends_leaves_nothing_and_a_failing_one_is_dropped(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    ran: list[str] = []
+
+    async def probe(ctx: dict[str, Any], outcome: str) -> str:
+        ran.append(outcome)
+        if outcome == "boom":
+            raise ValueError("boom")
+        return outcome
+
+    worker = worker_running(redis_url, probe, max_tries=3)
+    main = asyncio.create_task(worker.main())
+    try:
+        await enqueue(redis_client, "probe:ok", "ok")
+        await enqueue(redis_client, "probe:boom", "boom")
+        await until_gone(redis_client, "probe:ok")
+        await until_gone(redis_client, "probe:boom")
+        assert sorted(ran) == ["boom", "ok"]
+        assert worker.jobs_complete == 1 and worker.jobs_failed == 1
+    finally:
+        main.cancel()
+        await worker.close()
+
+
 async def test_a_task_cut_off_by_a_shutdown_is_due_again_at_once(
     make_settings: Callable[..., Settings], redis_client: aioredis.Redis, redis_url: str
 ) -> None:
-    from arq.utils import timestamp_ms
-
     from workers.worker import build_worker
 
     worker = build_worker(make_settings(), redis_url, handle_signals=False)
     try:
         started = timestamp_ms()
         await redis_client.zadd(QUEUE, {"deliver:a:1": started - 5})
-        [(task, held)] = await claim(redis_client, started, "deliver:a:1")
-        assert held > started
-        worker.held_scores[task] = held
-        # What arq does with a task a shutdown cancelled: not finished, no new score of its own.
-        await worker.finish_job(task, False, None, None, False, None, None)
-        score = await redis_client.zscore(QUEUE, task)
-        assert score is not None and started <= score <= timestamp_ms()
-        assert await redis_client.exists(in_progress_key_prefix + task) == 0
-        assert worker.held_scores == {}
+        [taken] = await claim(redis_client, started, "deliver:a:1")
+        await worker.run_again(taken, 0)
+        score = await redis_client.zscore(QUEUE, "deliver:a:1")
+        assert score is not None and started <= score <= timestamp_ms() + 1
+        [again] = await claim(redis_client, timestamp_ms() + 1, "deliver:a:1")
+        assert again.attempt == 2
+        await worker.remove_task(again)
+        assert await redis_client.zscore(QUEUE, "deliver:a:1") is None
+        assert await redis_client.hlen(keys.TASK_RERUNS) == 0
     finally:
         await worker.pool.aclose()

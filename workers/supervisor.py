@@ -15,7 +15,7 @@ Redis being unreachable at start (``create_pool`` gives up after 5 tries). Two l
 Inside tasks, :func:`retry_when_redis_unreachable` turns a Redis error into arq's ``Retry`` (arq
 would fail the task and drop it), and :func:`until_redis_answers` waits out a blip at the steps of a
 submission whose outcome lives only in this process. A task whose arq bookkeeping a Redis error cut
-short is not lost either: arq's ``in-progress`` key expires and the task runs again; our tasks are
+short is not lost either: its hold on the queue ends and the task runs again; our tasks are
 idempotent (the job record's compare-and-set), so the provider sees one submission.
 """
 

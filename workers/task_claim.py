@@ -1,45 +1,79 @@
-"""How a worker takes arq tasks: one script call for a batch, and fewer looks at an idle queue.
+"""How a worker takes and runs its tasks: one script call takes a batch with everything needed to
+run them, and finishing one costs one round of two or three commands.
 
-arq 0.28 takes each task it reads with a WATCH / EXISTS / ZSCORE / MULTI / PSETEX / EXEC round, and
-a task stays on the queue with its due score while it runs, so every worker's next look reads it
-again and spends a WATCH / EXISTS / ZSCORE / UNWATCH round to find it taken. With four workers that
-was most of the Redis commands a job cost. :class:`TaskClaimingWorker` takes the tasks of one read
-with ``claim_tasks.lua`` (one call, atomic across workers), which also moves a taken task's score
-to the moment its in-progress key expires: it leaves everyone's reads while it runs and comes back,
-as with arq, when its worker died; a task cut off by a shutdown or retried without delay is put
-back to due at once, as arq does; one whose arq bookkeeping a Redis outage cut off is logged and
-runs again when its hold ends (it is not left for the poll loop to re-raise). An empty read
-doubles the wait before the next one, from ``GENRELAY_QUEUE_POLL_DELAY`` up to
+arq 0.28 takes each task it reads with a WATCH / EXISTS / ZSCORE / MULTI / PSETEX / EXEC round,
+reads its payload and counts its try in a second transaction (GET / INCR / EXPIRE), and finishes
+it in a third (DEL / ZREM / ZREM); a task stays on the queue with its due score while it runs, so
+every worker's next look reads it again. With four workers that was most of the Redis commands a
+job cost. :class:`TaskClaimingWorker` keeps arq's queue, payloads, poll loop, functions, signals
+and health record, and replaces the rest:
+
+* ``claim_tasks.lua`` takes the tasks of one read (atomic across workers) and returns their
+  payloads and attempt numbers. A taken task's score moves past its hold (``in_progress_timeout``):
+  it leaves everyone's reads while it runs and is due again when its worker died.
+* A task that ends (done, failed, out of tries, payload gone) is removed: ``ZREM`` of the queue and
+  ``DEL`` of its payload, plus its rerun count when it ran more than once.
+* A task that raises arq's ``Retry`` is due again after its delay; one cut off by a shutdown is due
+  again at once. Either way its next run counts as a rerun (``claim_tasks.lua``), so ``max_tries``
+  holds; ``ctx["job_try"]`` is the attempt, as with arq.
+* A task whose bookkeeping a Redis outage cut off is logged and runs again when its hold ends.
+
+An empty read doubles the wait before the next one, from ``GENRELAY_QUEUE_POLL_DELAY`` up to
 ``GENRELAY_QUEUE_POLL_MAX_DELAY``; a read that finds a task resets it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import structlog
-from arq import Worker
-from arq.constants import in_progress_key_prefix
+from arq import Retry, Worker
 from arq.utils import timestamp_ms
+from arq.worker import Function
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from daemon import keys
 from daemon.scripts import script_source
 
 log = structlog.get_logger("genrelay.worker")
 
+# Added to the score of a task put back to run again: its next claim counts a rerun (claim_tasks.lua).
+RERUN_MARK = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """A task this worker took: its id, payload (None when it expired) and attempt (1: first run)."""
+
+    task_id: str
+    payload: bytes | None
+    attempt: int
+
+
+def claimed_tasks(reply: list[Any]) -> list[ClaimedTask]:
+    """The flat reply of ``claim_tasks.lua`` as :class:`ClaimedTask` values."""
+    out = []
+    for k in range(0, len(reply), 3):
+        task_id = reply[k].decode() if isinstance(reply[k], bytes) else str(reply[k])
+        raw = reply[k + 1]
+        payload = raw.encode() if isinstance(raw, str) else raw if isinstance(raw, bytes) else None
+        out.append(ClaimedTask(task_id, payload, int(reply[k + 2])))
+    return out
+
 
 class TaskClaimingWorker(Worker):
-    """An arq ``Worker`` that takes its tasks with ``claim_tasks.lua``, see the module docstring."""
+    """An arq ``Worker`` that takes and runs tasks as the module docstring says."""
 
     def __init__(self, *args: Any, poll_max_delay: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.poll_max_delay = max(poll_max_delay, self.poll_delay_s)
         self.empty_reads = 0
         self._claim: AsyncScript | None = None
-        # The queue score each running task was given when it was taken.
-        self.held_scores: dict[str, int] = {}
 
     def idle_wait(self) -> float:
         """Extra wait after this many empty reads in a row (arq's loop adds its poll_delay)."""
@@ -54,6 +88,20 @@ class TaskClaimingWorker(Worker):
         if extra > 0:
             await asyncio.sleep(extra)
 
+    @property
+    def hold_ms(self) -> int:
+        return int(self.in_progress_timeout_s * 1000)
+
+    async def claim(self, task_ids: list[str]) -> list[ClaimedTask]:
+        """Take those of ``task_ids`` that are still due (``claim_tasks.lua``)."""
+        if self._claim is None:
+            self._claim = self.pool.register_script(script_source("claim_tasks"))
+        reply = await self._claim(
+            keys=[self.queue_name, keys.TASK_RERUNS],
+            args=[keys.ARQ_JOB_PREFIX, self.hold_ms, timestamp_ms(), *task_ids],
+        )
+        return claimed_tasks(reply)
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         room = self.max_jobs - self.job_counter
         candidates = [job_id.decode() for job_id in job_ids[: max(0, room)]]
@@ -62,50 +110,100 @@ class TaskClaimingWorker(Worker):
             self.empty_reads = self.empty_reads + 1 if not job_ids else 0
             return
         self.empty_reads = 0
-        if self._claim is None:
-            self._claim = self.pool.register_script(script_source("claim_tasks"))
-        hold_ms = int(self.in_progress_timeout_s * 1000)
-        taken = await self._claim(
-            keys=[self.queue_name], args=[in_progress_key_prefix, hold_ms, timestamp_ms(), *candidates]
-        )
-        for k in range(0, len(taken), 2):
-            job_id = taken[k].decode() if isinstance(taken[k], bytes) else str(taken[k])
-            score = int(taken[k + 1])
-            self.held_scores[job_id] = score
+        for claimed in await self.claim(candidates):
             await self.sem.acquire()
             self.job_counter += 1
-            task = self.loop.create_task(self._run_claimed(job_id, score))
+            task = self.loop.create_task(self._run_claimed(claimed))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            self.tasks[claimed.task_id] = task
 
-    async def _run_claimed(self, job_id: str, score: int) -> None:
+    async def _run_claimed(self, claimed: ClaimedTask) -> None:
         try:
-            await self.run_job(job_id, score)
+            await self.run_claimed(claimed)
         except (RedisError, OSError) as exc:
-            # Redis went away during arq's own reads or writes around the task: its hold runs out
-            # and it runs again. Not an error of the poll loop, which would re-raise it later.
-            self.held_scores.pop(job_id, None)
-            log.warning("Redis cut off a task's bookkeeping; it runs again", task=job_id, error=repr(exc))
+            # Redis went away while the task was being finished: its hold runs out and it runs again.
+            # Not an error of the poll loop, which would re-raise it later.
+            log.warning(
+                "Redis cut off a task's bookkeeping; it runs again", task=claimed.task_id, error=repr(exc)
+            )
 
-    async def finish_job(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: float | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: float | None,
-    ) -> None:
-        held = self.held_scores.pop(job_id, None)
-        if not finish and not incr_score and held is not None:
-            # To run again at once (cut off by a shutdown, or a Retry without delay): arq leaves
-            # the score alone, which is the later one the claim gave it; move it back to now.
-            incr_score = timestamp_ms() - held
-        await super().finish_job(
-            job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress
-        )
+    async def run_claimed(self, claimed: ClaimedTask) -> None:
+        """Run one taken task and record how it ended (see the module docstring)."""
+        task_id = claimed.task_id
+        if claimed.payload is None:
+            log.warning("task payload expired; the task is dropped", task=task_id)
+            self.jobs_failed += 1
+            return await asyncio.shield(self.remove_task(claimed))
+        task = self.read_payload(claimed.payload)
+        name = task.get("f") if task is not None else None
+        function = self.functions.get(name) if isinstance(name, str) else None
+        if task is None or not isinstance(function, Function):
+            log.error("task names no function of this worker; dropped", task=task_id, function=name)
+            self.jobs_failed += 1
+            return await asyncio.shield(self.remove_task(claimed))
+        max_tries = self.max_tries if function.max_tries is None else function.max_tries
+        if claimed.attempt > max_tries:
+            log.error("task ran out of tries; dropped", task=task_id, tries=max_tries)
+            self.jobs_failed += 1
+            return await asyncio.shield(self.remove_task(claimed))
+        enqueued_ms = int(task.get("et") or 0)
+        ctx = {
+            **self.ctx,
+            "job_id": task_id,
+            "job_try": claimed.attempt,
+            "enqueue_time": datetime.fromtimestamp(enqueued_ms / 1000, UTC),
+        }
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        started = self.loop.time()
+        run = self.loop.create_task(function.coroutine(ctx, *task.get("a", []), **task.get("k", {})))
+        self.job_tasks[task_id] = run
+        try:
+            await asyncio.wait_for(run, timeout_s)
+        except Retry as exc:
+            self.jobs_retried += 1
+            delay_ms = int(exc.defer_score or 0)
+            log.debug("task runs again", task=task_id, retry_in_ms=delay_ms, attempt=claimed.attempt)
+            await asyncio.shield(self.run_again(claimed, delay_ms))
+        except asyncio.CancelledError:
+            # A shutdown cut it off: due again at once, for this or another worker.
+            self.jobs_retried += 1
+            log.info("task cut off by a shutdown; it runs again", task=task_id)
+            await asyncio.shield(self.run_again(claimed, 0))
+        except Exception as exc:
+            self.jobs_failed += 1
+            log.error("task failed", task=task_id, attempt=claimed.attempt, error=repr(exc), exc_info=exc)
+            await asyncio.shield(self.remove_task(claimed))
+        else:
+            self.jobs_complete += 1
+            await asyncio.shield(self.remove_task(claimed))
+            log.info(
+                "task done",
+                task=task_id,
+                attempt=claimed.attempt,
+                seconds=round(self.loop.time() - started, 3),
+            )
+        finally:
+            self.job_tasks.pop(task_id, None)
 
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        self.held_scores.pop(job_id, None)
-        await super().finish_failed_job(job_id, result_data)
+    def read_payload(self, payload: bytes) -> dict[str, Any] | None:
+        """The payload as {f, a, k, t, et} through the worker's deserializer (JSON by default)."""
+        try:
+            task = (self.job_deserializer or orjson.loads)(payload)
+        except (ValueError, TypeError):
+            return None
+        return task if isinstance(task, dict) else None
+
+    async def remove_task(self, claimed: ClaimedTask) -> None:
+        """The task ended: off the queue, its payload and rerun count gone (one round, no transaction:
+        a payload left by a cut-off round expires, a queue entry without one is dropped when taken)."""
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.queue_name, claimed.task_id)
+            pipe.delete(keys.ARQ_JOB_PREFIX + claimed.task_id)
+            if claimed.attempt > 1:
+                pipe.hdel(keys.TASK_RERUNS, claimed.task_id)
+            await pipe.execute()
+
+    async def run_again(self, claimed: ClaimedTask, delay_ms: int) -> None:
+        """Due again in ``delay_ms``, marked so that run counts as a rerun (still on the queue only)."""
+        due = timestamp_ms() + max(0, delay_ms) + RERUN_MARK
+        await self.pool.zadd(self.queue_name, {claimed.task_id: due}, xx=True)

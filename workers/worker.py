@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import structlog
-from arq import Worker, func
+from arq import func
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
@@ -69,7 +69,7 @@ def arq_pool(redis_url: str) -> ArqRedis:
     return pool
 
 
-def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True) -> Worker:
+def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = True) -> OutageTolerantWorker:
     """An arq worker for ``settings`` on ``redis_url`` that outlives Redis errors in its poll loop
     (see ``workers.supervisor``); ``main()`` starts it, ``run_supervised`` restarts it."""
 
