@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -234,3 +235,31 @@ async def test_a_task_cut_off_by_a_shutdown_is_due_again_at_once(
         assert await redis_client.hlen(keys.TASK_RERUNS) == 0
     finally:
         await worker.pool.aclose()
+
+
+async def test_a_stop_whose_cancel_was_lost_still_ends_the_poll_loop(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    """On Python 3.11 a cancel of the main task can be dropped inside redis-py's ``wait_for``; the
+    loop must end at its next turn all the same. Here the cancel is never sent (no main_task)."""
+
+    ran = asyncio.Event()
+
+    async def probe(ctx: dict[str, Any]) -> None:
+        ran.set()
+
+    worker = worker_running(redis_url, probe, max_tries=1)
+    main = asyncio.create_task(worker.main())
+    try:
+        await enqueue(redis_client, "probe:turning")
+        async with asyncio.timeout(10):
+            await ran.wait()  # the loop is turning
+        await until_gone(redis_client, "probe:turning")
+        worker.main_task = None
+        await worker._wait_for_tasks_to_complete(signal.SIGTERM)
+        done, _ = await asyncio.wait({main}, timeout=10)  # does not cancel main itself
+        assert main in done, "the poll loop went on after the stop"
+        assert main.cancelled()
+    finally:
+        main.cancel()
+        await worker.close()

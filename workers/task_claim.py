@@ -20,11 +20,17 @@ and health record, and replaces the rest:
 
 An empty read doubles the wait before the next one, from ``GENRELAY_QUEUE_POLL_DELAY`` up to
 ``GENRELAY_QUEUE_POLL_MAX_DELAY``; a read that finds a task resets it.
+
+A stop does not rest on arq's one ``cancel()`` of the main task: on Python 3.11, redis-py sends
+each command inside ``asyncio.wait_for``, which drops a cancellation that lands as the send
+completes, and the poll loop would go on for good. Once arq has asked the loop to end, its next
+turn ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -73,6 +79,7 @@ class TaskClaimingWorker(Worker):
         super().__init__(*args, **kwargs)
         self.poll_max_delay = max(poll_max_delay, self.poll_delay_s)
         self.empty_reads = 0
+        self.stop_requested = False
         self._claim: AsyncScript | None = None
 
     def idle_wait(self) -> float:
@@ -82,7 +89,17 @@ class TaskClaimingWorker(Worker):
         wait: float = self.poll_delay_s * 2 ** min(self.empty_reads, 16)
         return float(min(wait, self.poll_max_delay) - self.poll_delay_s)
 
+    def handle_sig(self, signum: signal.Signals) -> None:
+        self.stop_requested = True
+        super().handle_sig(signum)
+
+    async def _wait_for_tasks_to_complete(self, signum: signal.Signals) -> None:
+        await super()._wait_for_tasks_to_complete(signum)
+        self.stop_requested = True  # set with arq's cancel of the main task, after the grace
+
     async def _poll_iteration(self) -> None:
+        if self.stop_requested:
+            raise asyncio.CancelledError  # the cancel arq sent was lost (module docstring)
         await super()._poll_iteration()
         extra = self.idle_wait()
         if extra > 0:
