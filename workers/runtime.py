@@ -33,9 +33,16 @@ class WorkerRuntime:
         self.stopping.set()
         if self.tasks and grace > 0:
             await asyncio.wait(self.tasks, timeout=grace)
+        pending = {task for task in self.tasks if not task.done()}
+        while pending:
+            # Cancelled again each second: on Python 3.11 a cancel can be lost inside redis-py's
+            # wait_for, and one lost cancel must not hold the process up for good.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+            if not task.cancelled():
+                task.exception()  # retrieved: a loop that failed was logged by the loop itself
         await self.session.close()
         await self.services.close()
 
