@@ -138,6 +138,7 @@ class Model:
     foreign: dict[str, int] = field(default_factory=dict)
     leases: dict[str, str] = field(default_factory=dict)  # job -> account
     expiry: dict[str, int] = field(default_factory=dict)  # job -> lease expiry (ms)
+    recorded: dict[str, int] = field(default_factory=dict)  # job -> 'lease_until' of its record
     expired: list[str] = field(default_factory=list)  # the sweep's list of jobs to fail
     waiting: set[str] = field(default_factory=set)  # unpinned waiting jobs
     pinned: set[str] = field(default_factory=set)  # pinned waiting jobs
@@ -210,6 +211,17 @@ class Model:
         if job_id in self.leases:
             self.expiry[job_id] = self.now + self.lease_ms
 
+    def renew_due(self, job_id: str, lease_until: int | None) -> None:
+        """lib.lua's ``renew_due``: a renewal only once an eighth of the lease has passed, judged by
+        ``lease_until`` (the expiry the job's record keeps, or the lease's own at a submit claim);
+        the record then keeps the new expiry."""
+        left = (lease_until or 0) - self.now
+        if self.lease_ms * 7 / 8 < left <= self.lease_ms:
+            self.recorded[job_id] = lease_until or 0
+            return
+        self.renew(job_id)
+        self.recorded[job_id] = self.now + self.lease_ms
+
     def release(self, job_id: str) -> None:
         self.leases.pop(job_id, None)
         self.expiry.pop(job_id, None)
@@ -260,11 +272,14 @@ class Model:
     def create(self, job: ModelJob) -> bool:
         """``create_job.lua``; True when the job was dispatched."""
         self.jobs[job.job_id] = job
-        self.drop_expired()
         if self.waiting or self.pinned_ready():
             self.enqueue(job.job_id)
+            # Behind others: expired leases are settled only when an account has room anyway.
+            if self.best_account() is None:
+                return False
             self.handoff()
             return job.job_id in self.leases
+        self.drop_expired()
         account: str | None
         if job.pin:
             account = job.pin if self.room(job.pin) > 0 else None
@@ -477,7 +492,7 @@ class SlotIndexMachine(RuleBasedStateMachine):
         claim = self.run(self.svc.store.claim_submit(job_id, attempt=job_id))
         assert (claim.outcome, claim.account) == ("go", self.m.leases[job_id])
         self.m.jobs[job_id].state = "submitting"
-        self.m.renew(job_id)
+        self.m.renew_due(job_id, self.m.expiry[job_id])
 
     @precondition(lambda self: bool(self.live_leased("queued")))
     @rule(data=st.data())
@@ -499,7 +514,7 @@ class SlotIndexMachine(RuleBasedStateMachine):
         update = Update(State.ACTIVE, provider_job_id=pid_of(job_id))
         assert self.run(self.svc.store.apply(job_id, update, source="submit")) == "applied"
         self.m.jobs[job_id].state, self.m.jobs[job_id].pid = "active", pid_of(job_id)
-        self.m.renew(job_id)
+        self.m.renew_due(job_id, self.m.recorded.get(job_id))
 
     @precondition(lambda self: bool(self.jobs_in("active")))
     @rule(data=st.data(), progress=st.integers(0, 100))
@@ -509,7 +524,7 @@ class SlotIndexMachine(RuleBasedStateMachine):
             self.svc.store.apply(job_id, Update(State.ACTIVE, progress=progress), source="poll")
         )
         assert outcome in ("applied", "duplicate")
-        self.m.renew(job_id)
+        self.m.renew_due(job_id, self.m.recorded.get(job_id))
 
     @precondition(lambda self: bool(self.jobs_in(*LIVE)))
     @rule(data=st.data())
@@ -543,6 +558,8 @@ class SlotIndexMachine(RuleBasedStateMachine):
     def expire(self, job_id: str) -> None:
         self.run(slot_index.expire_lease(self.redis, PROVIDER, job_id))
         self.m.expiry[job_id] = 1
+        if job_id in self.m.recorded:
+            self.m.recorded[job_id] = 1
 
     @rule(ms=st.one_of(st.just(0), st.integers(1, 5), st.integers(6, 120)))
     def time_passes(self, ms: int) -> None:

@@ -18,7 +18,8 @@ local submit_open = state == 'submitting' and rec[3] == '1'
 local tries_so_far = tonumber(rec[5] or 0)
 if state ~= 'queued' and state ~= 'submitting' then return {'skip', state} end
 local account = lease_of(job)
-if account and tonumber(redis.call('ZSCORE', KEYS[K_LEASES], job) or 0) <= NOW then account = nil end
+local lease_until = account and tonumber(redis.call('ZSCORE', KEYS[K_LEASES], job) or 0) or 0
+if lease_until <= NOW then account = nil end
 if not account then
   if submit_open then
     -- The lease is gone but the provider may have accepted the interrupted call: requeuing would
@@ -41,7 +42,7 @@ if not account then
   redis.call('LREM', KEYS[K_EXPIRED], 0, job)
   return {'requeued'}
 end
-renew(job)
+lease_until = renew_due(job, lease_until) or lease_until
 local attempt = ARGV[2] or ''
 if submit_open then
   if attempt ~= '' and rec[4] == attempt then
@@ -49,9 +50,10 @@ if submit_open then
   end
   return {'interrupted', account, tries_so_far}
 end
-local tries = redis.call('HINCRBY', JOB_KEY, 'submit_tries', 1)
+local tries = tries_so_far + 1
 redis.call('HSET', JOB_KEY, 'state', 'submitting', 'account', account, 'updated_ms', NOW,
-           'submitted_ms', NOW, 'submit_open', '1', 'submit_attempt', attempt)
+           'submitted_ms', NOW, 'submit_open', '1', 'submit_attempt', attempt, 'submit_tries', tries,
+           'lease_until', lease_until)
 if state ~= 'submitting' then
   move_state_index(job, state, 'submitting')
   emit(job, 'submitting', 0, account, 'worker')

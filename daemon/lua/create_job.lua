@@ -18,18 +18,21 @@ redis.call('ZADD', KEYS[K_INDEX], NOW, id)
 move_state_index(id, nil, 'queued')
 emit(id, 'queued', 0, pinned, 'api')
 
-drop_expired()
 -- Jobs already waiting go first: a newcomer only takes a slot when nobody eligible is ahead of it
 -- (a pinned job whose account has room is always in pinned_ready).
-if redis.call('ZCARD', KEYS[K_WAITING]) > 0 or redis.call('ZCARD', KEYS[K_PINNED_READY]) > 0 then
+local ahead = redis.call('ZCARD', KEYS[K_WAITING]) > 0
+                or (any_pinned() and redis.call('ZCARD', KEYS[K_PINNED_READY]) > 0)
+if ahead then
   enqueue_waiting(id, priority, NOW, pinned)
   -- Others wait: the new job takes its turn behind them, and when no account has a free slot
-  -- (the usual case with a backlog) there is nothing to hand out.
+  -- (the usual case with a backlog) there is nothing to hand out. Expired leases are left to the
+  -- next hand-off (every terminal transition, the sweep): they would go to the jobs ahead anyway.
   if not best_account() then return {'waiting'} end
   handoff()
   if is_waiting(id) then return {'waiting'} end
   return {'dispatched', lease_of(id) or ''}
 end
+drop_expired()
 local account = choose_account(pinned)
 if account then
   grant(account, id)

@@ -72,8 +72,17 @@ local function pinned_head(account)
   return redis.call('ZRANGEBYLEX', KEYS[K_PINNED], low, high, 'LIMIT', 0, 1)[1]
 end
 
+-- Whether any pinned job waits, read once per script (HLEN) and set when a job is pinned: with
+-- none, pinned_ready is empty and its upkeep is skipped.
+local pins_waiting = nil
+local function any_pinned()
+  if pins_waiting == nil then pins_waiting = redis.call('HLEN', KEYS[K_PINS]) > 0 end
+  return pins_waiting
+end
+
 -- Keep pinned_ready true for one account; ``room`` when the caller knows it.
 local function refresh_pinned_ready(account, room)
+  if not any_pinned() then return end
   if room == nil then room = tonumber(redis.call('ZSCORE', KEYS[K_ROOM], account) or 0) end
   local head = room > 0 and pinned_head(account) or nil
   if head then
@@ -223,6 +232,7 @@ local function leave_queue(job)
   if redis.call('ZREM', KEYS[K_WAITING], job) == 1 then return true end
   local member = redis.call('HGET', KEYS[K_PINS], job)
   if not member then return false end
+  pins_waiting = true
   redis.call('HDEL', KEYS[K_PINS], job)
   redis.call('ZREM', KEYS[K_PINNED], member)
   local account = string.match(member, '^(.-)\n')
@@ -234,16 +244,16 @@ end
 -- account with the most room) or, when better, the head of an account's pinned queue that has room.
 -- Runs in the same script as whatever freed the slot, so dispatch follows the event instead of a
 -- loop polling the queue. Each grant costs a few O(log n) reads; jobs pinned to full accounts are
--- never looked at. When no job waits it stops after two counts: expired leases and ended cooldowns
--- are then settled by the next script that picks an account, or by the sweep.
+-- never looked at, and it stops once no account has room left. When no job
+-- waits it stops after two counts: expired leases and ended cooldowns are then settled by the next
+-- script that picks an account, or by the sweep.
 local function handoff()
-  if not settled and redis.call('ZCARD', KEYS[K_WAITING]) == 0 and redis.call('HLEN', KEYS[K_PINS]) == 0 then
-    return
-  end
+  local pinned = any_pinned()
+  if not settled and not pinned and redis.call('ZCARD', KEYS[K_WAITING]) == 0 then return end
   drop_expired()
   for _ = 1, HANDOFF_BATCH do
     local head = redis.call('ZRANGE', KEYS[K_WAITING], 0, 0, 'WITHSCORES')
-    local ready = redis.call('ZRANGE', KEYS[K_PINNED_READY], 0, 0, 'WITHSCORES')
+    local ready = pinned and redis.call('ZRANGE', KEYS[K_PINNED_READY], 0, 0, 'WITHSCORES') or {}
     if ready[1] and (not head[1] or tonumber(ready[2]) < tonumber(head[2])) then
       local account = ready[1]
       local member = pinned_head(account)
@@ -252,10 +262,13 @@ local function handoff()
       redis.call('HDEL', KEYS[K_PINS], job)
       refresh_pinned_ready(account, grant(account, job))
     elseif head[1] then
-      local account = best_account()
-      if not account then return end
+      -- The two accounts with the most room: the first takes the job; when it had one slot and the
+      -- runner-up none, no account has room left and the hand-off is over.
+      local top = redis.call('ZREVRANGE', KEYS[K_ROOM], 0, 1, 'WITHSCORES')
+      if not top[1] or tonumber(top[2]) <= 0 then return end
       redis.call('ZREM', KEYS[K_WAITING], head[1])
-      grant(account, head[1])
+      grant(top[1], head[1])
+      if tonumber(top[2]) <= 1 and (not top[3] or tonumber(top[4]) <= 0) then return end
     else
       return
     end
@@ -265,6 +278,16 @@ end
 -- Extend the job's lease; ZADD XX never creates a lease that is not there.
 local function renew(job)
   redis.call('ZADD', KEYS[K_LEASES], 'XX', NOW + cfg.lease_ms, job)
+end
+
+-- Renew only once an eighth of the lease has passed, not at every sign of life. ``lease_until`` is
+-- the expiry the job's record keeps ('lease_until', written with each renewal it makes; never later
+-- than the lease itself, so a stale value only renews early). Returns the new expiry, or nil.
+local function renew_due(job, lease_until)
+  local left = (tonumber(lease_until or '') or 0) - NOW
+  if left > cfg.lease_ms * 7 / 8 and left <= cfg.lease_ms then return nil end
+  renew(job)
+  return NOW + cfg.lease_ms
 end
 
 local function release(job)
@@ -298,6 +321,7 @@ local function enqueue_waiting(job, priority, created_ms, pinned)
   if pinned and pinned ~= '' then
     leave_queue(job)
     local member = pinned .. '\n' .. string.format('%016.0f', score) .. '\n' .. job
+    pins_waiting = true
     redis.call('ZADD', KEYS[K_PINNED], 0, member)
     redis.call('HSET', KEYS[K_PINS], job, member)
     refresh_pinned_ready(pinned)

@@ -1,5 +1,6 @@
 -- reschedule_polls.lua: polls that found no change: renew each job's lease (the provider says it
--- is alive), clear its poll-error count and schedule its next poll, in one call for a whole batch.
+-- is alive; when due, see renew_due), clear its poll-error count and schedule its next poll, in
+-- one call for a whole batch.
 -- KEYS: the prelude layout; KEYS[24+k] is the hash of the k-th job.
 -- ARGV[2]: delay until the next poll (ms); ARGV[3..]: job ids, in the order of their hashes.
 -- Only jobs this worker still holds a claim on are rescheduled (a terminal job is left alone).
@@ -12,15 +13,18 @@ for k = 3, #ARGV do
   local job = ARGV[k]
   if redis.call('ZREM', KEYS[K_POLLING], job) == 1 then
     local hash = KEYS[FIXED + k - 2]
-    local own = tonumber(redis.call('HGET', hash, 'poll_ms') or '')
+    local f = redis.call('HMGET', hash, 'poll_ms', 'poll_backoff', 'poll_errors', 'lease_until')
+    local own = tonumber(f[1] or '')
     local wait = own or delay
-    if own and redis.call('HGET', hash, 'poll_backoff') then
-      local first = tonumber(redis.call('HGET', hash, 'poll_backoff'))
-      redis.call('HSET', hash, 'poll_ms', math.min(own * 2, first * 16))
+    local writes = {}
+    if own and f[2] then
+      writes[#writes + 1] = 'poll_ms'; writes[#writes + 1] = math.min(own * 2, tonumber(f[2]) * 16)
     end
     redis.call('ZADD', KEYS[K_POLLS], NOW + wait, job)
-    renew(job)
-    redis.call('HDEL', hash, 'poll_errors')
+    local renewed = renew_due(job, f[4])
+    if renewed then writes[#writes + 1] = 'lease_until'; writes[#writes + 1] = renewed end
+    if #writes > 0 then redis.call('HSET', hash, unpack(writes)) end
+    if f[3] then redis.call('HDEL', hash, 'poll_errors') end
     done = done + 1
   end
 end

@@ -11,7 +11,7 @@
 -- States only move forward (queued < submitting < active < terminal); within 'active' only the
 -- progress moves forward; a terminal job is never rewritten. A 'completed' without an artifact is
 -- refused: the provider's status and artifact can be out of sync. An update that changes nothing
--- still counts as a sign of life (the lease is renewed, the poll rescheduled).
+-- still counts as a sign of life (the lease is renewed when due, the poll rescheduled).
 -- A terminal update marked 'confirm' (a callback) does not end the job: it records what it can
 -- (the job is active, its provider id) and makes the job's next poll due now, so the provider's
 -- own answer decides; many copies of it at once still cause one status read.
@@ -31,7 +31,8 @@
 
 -- One read of everything the decision needs (this script runs on every poll result and callback).
 local rec = redis.call('HMGET', JOB_KEY, 'id', 'state', 'poll_ms', 'progress', 'account', 'provider_job_id',
-                      'seq', 'reply_url', 'notify_progress', 'hinted', 'provider', 'operation')
+                      'seq', 'reply_url', 'notify_progress', 'hinted', 'provider', 'operation',
+                      'lease_until')
 local job = rec[1]
 if not job then return {'missing', ''} end
 local cur = rec[2]
@@ -76,8 +77,17 @@ end
 -- An active job lives on: renew its lease and set its next poll (now, when a callback's hint
 -- needs the provider's word).
 local unclaimed = source == 'submit' or source == 'callback'
+-- The lease's new expiry when this update renewed it (renew_due), recorded with the update.
+local renewed = nil
+local function renew_lease()
+  if renewed == nil then renewed = renew_due(job, rec[13]) or false end
+end
+-- For an update that writes nothing else: the renewal's record.
+local function record_renewal()
+  if renewed then redis.call('HSET', JOB_KEY, 'lease_until', renewed) end
+end
 local function keep_polling()
-  renew(job)
+  renew_lease()
   if confirming then
     schedule_poll(job, 0, unclaimed)
   elseif poll_ms > 0 then
@@ -92,13 +102,15 @@ end
 if new == 'completed' and (u.artifact == nil or u.artifact == '') then
   -- Poll again soon (ARGV's interval, not a slow safety poll): the artifact usually follows.
   if cur == 'active' then
-    renew(job)
+    renew_lease()
+    record_renewal()
     schedule_poll(job, tonumber(ARGV[3]) > 0 and tonumber(ARGV[3]) or 1000)
   end
   return {'no_artifact', cur}
 end
 if RANK[new] < RANK[cur] then
   sign_of_life()
+  record_renewal()
   return {'stale', cur}
 end
 local cur_progress = tonumber(rec[4] or 0)
@@ -114,6 +126,7 @@ if new == cur and (new ~= 'active' or progress <= cur_progress) then
     redis.call('HSET', JOB_KEY, 'provider_job_id', u.provider_job_id)
   end
   sign_of_life()
+  record_renewal()
   return {confirming and 'confirming' or 'duplicate', cur}
 end
 if progress < cur_progress then progress = cur_progress end
@@ -135,6 +148,10 @@ if RANK[new] == 3 then
 end
 local seq = (tonumber(rec[7]) or 0) + 1
 put('seq', seq)
+if new == 'active' then
+  renew_lease()
+  if renewed then put('lease_until', renewed) end
+end
 redis.call('HSET', JOB_KEY, unpack(fields))
 -- The state index orders jobs by when they entered their state: progress alone does not move it.
 if new ~= cur then move_state_index(job, cur, new) end

@@ -30,8 +30,12 @@ async def lease_account(client: aioredis.Redis, provider: str, job_id: str) -> s
 
 
 async def expire_lease(client: aioredis.Redis, provider: str, job_id: str, at_ms: int = 1) -> None:
-    """Stage a lease that ran out (its holder died): the next slot script drops it."""
+    """Stage a lease that ran out (its holder died): the next slot script drops it. The job's record
+    keeps the lease's expiry as its last renewal wrote it, which is never later than the lease
+    (lib.lua's renew_due): it is staged to match."""
     await client.zadd(keys.provider_keys(provider).leases, {job_id: at_ms}, xx=True)
+    if await client.hexists(keys.job_key(job_id), "lease_until"):
+        await client.hset(keys.job_key(job_id), "lease_until", at_ms)
 
 
 async def lose_lease_keys(client: aioredis.Redis, provider: str) -> None:
