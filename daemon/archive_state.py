@@ -70,6 +70,10 @@ class Claim:
         return provider
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def to_api(fields: dict[str, str], asset_id: str) -> dict[str, Any]:
     """The ``archive`` member of an asset in the API."""
     state = fields.get("state") or "pending"
@@ -96,10 +100,12 @@ class ArchiveState:
         self._finish: AsyncScript = client.register_script((_LUA / "archive_finish.lua").read_text())
         self._expire: AsyncScript = client.register_script((_LUA / "archive_expire.lua").read_text())
 
-    async def claim(self, provider: str, limit: int, claim_ms: int) -> list[Claim]:
+    async def claim(self, provider: str, limit: int, claim_ms: int, asset_retention_ms: int) -> list[Claim]:
+        """Up to ``limit`` due copies, each held for ``claim_ms``; an asset's archive hash expires
+        with the asset (``asset_retention_ms`` after its creation)."""
         flat = await self._claim(
             keys=[queue_key(provider), keys.asset_key_prefix(provider), state_prefix(provider)],
-            args=[limit, claim_ms],
+            args=[limit, claim_ms, now_ms(), asset_retention_ms],
         )
         claims = []
         for i in range(0, len(flat), 6):
@@ -118,7 +124,7 @@ class ArchiveState:
 
     async def renew(self, claim: Claim, claim_ms: int) -> None:
         """Keep the claim while the copy goes on (XX: a settled asset is not queued again)."""
-        due = int(time.time() * 1000) + claim_ms
+        due = now_ms() + claim_ms
         await self.client.zadd(queue_key(claim.provider), {claim.asset_id: due}, xx=True)
 
     async def finish(
@@ -135,7 +141,7 @@ class ArchiveState:
                 REFS_PREFIX + fields.get("sha256", ""),
                 USAGE_KEY,
             ],
-            args=[claim.asset_id, orjson.dumps(fields), retry_ms, claim.created_ms + retention_ms],
+            args=[claim.asset_id, orjson.dumps(fields), retry_ms, claim.created_ms + retention_ms, now_ms()],
         )
         return str(result)
 

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
+from daemon import archive_state, keys
 from daemon.archive_state import ArchiveState
 from daemon.client import Client
 from daemon.settings import Settings
@@ -92,6 +93,12 @@ async def completed_asset(
         job = await resp.json()
         asset_id = job["status"]["artifact"]["assetId"]
         state = await archive_settled(redis_client, provider, asset_id)
+    # The archive's record of the asset expires with the asset (both at created + retention).
+    async with redis_client.pipeline(transaction=True) as pipe:
+        pipe.pttl(keys.asset_key(asset_id))
+        pipe.pttl(archive_state.state_key(asset_id))
+        asset_ttl, state_ttl = await pipe.execute()
+    assert asset_ttl > 0 and abs(asset_ttl - state_ttl) <= 1, (asset_ttl, state_ttl)
     return job, state
 
 

@@ -59,6 +59,7 @@ class Archiver:
         self.backend = backend or open_backend(self.config)
         self.guard = UrlGuard(self.config.allow_private)
         self.claim_ms = int(self.config.claim_ttl * 1000)
+        self.asset_retention_ms = int(self.settings.asset_retention * 1000)
         self.in_flight: set[asyncio.Task[None]] = set()
         self.session = aiohttp.ClientSession(
             connector=self.guard.connector(limit=self.config.concurrency * 2),
@@ -82,7 +83,9 @@ class Archiver:
                     free = self.config.concurrency - len(self.in_flight)
                     if free <= 0:
                         break
-                    for claim in await self.state.claim(provider, free, self.claim_ms):
+                    for claim in await self.state.claim(
+                        provider, free, self.claim_ms, self.asset_retention_ms
+                    ):
                         claimed += 1
                         task = asyncio.create_task(self.archive(claim))
                         self.in_flight.add(task)

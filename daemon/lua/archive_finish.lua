@@ -4,19 +4,22 @@
 -- delete at, ms); KEYS[6]: the object's references (set of asset ids); KEYS[7]: the usage hash.
 -- ARGV[1]: asset id; ARGV[2]: JSON of the fields to set (state, sha256, bytes, mime, message,
 -- final); ARGV[3]: when to try again (ms; 0: settled, the asset leaves the queue); ARGV[4]: when
--- an archived copy is deleted (ms). The retention keys are shared by every provider (objects are
--- content-addressed): a single Redis, as genrelay requires, runs this script as one.
+-- an archived copy is deleted (ms); ARGV[5]: now (ms). The retention keys are shared by every
+-- provider (objects are content-addressed): a single Redis, as genrelay requires, runs this
+-- script as one.
 -- An archived copy is never overwritten by a late attempt that failed. Settled outcomes are
--- added to the events stream (what waits on them reads it). Returns the state now recorded.
+-- added to the events stream (what waits on them reads it). The archive hash keeps the expiry
+-- its claim gave it (archive_claim.lua); one that expired meanwhile takes its asset's again.
+-- Returns the state now recorded.
 local f = cjson.decode(ARGV[2])
 local cur = redis.call('HGET', KEYS[2], 'state')
 if cur == 'archived' and f.state ~= 'archived' then return cur end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = ARGV[5]
 local fields = {'updated_ms', now}
 for k, v in pairs(f) do fields[#fields + 1] = k; fields[#fields + 1] = tostring(v) end
+local gone = {}
 if f.state == 'archived' then
-  redis.call('HDEL', KEYS[2], 'message', 'retry_ms')
+  gone[#gone + 1] = 'message'
   if cur ~= 'archived' then
     redis.call('ZADD', KEYS[5], tonumber(ARGV[4]), ARGV[1])
     if redis.call('SADD', KEYS[6], ARGV[1]) == 1 and redis.call('SCARD', KEYS[6]) == 1 then
@@ -31,12 +34,15 @@ if retry > 0 then
   fields[#fields + 1] = 'retry_ms'; fields[#fields + 1] = retry
   redis.call('ZADD', KEYS[1], 'XX', retry, ARGV[1])
 else
-  redis.call('HDEL', KEYS[2], 'retry_ms')
+  gone[#gone + 1] = 'retry_ms'
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
+if #gone > 0 and cur then redis.call('HDEL', KEYS[2], unpack(gone)) end
 redis.call('HSET', KEYS[2], unpack(fields))
-local ttl = redis.call('PTTL', KEYS[3])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if not cur then
+  local ttl = redis.call('PTTL', KEYS[3])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
 if retry == 0 then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'asset', ARGV[1], 'state', f.state)
 end
