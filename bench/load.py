@@ -242,6 +242,9 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> bool:
     )
     traffic = ProviderTraffic()
     async with emulator(config, traffic) as base_url:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base_url}/_emulator/config", json={"public_base": base_url}) as resp:
+                resp.raise_for_status()
         web_ports = [free_port(), free_port()]
         env = fleet.env(
             redis_url,
@@ -251,6 +254,9 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> bool:
             GENRELAY_SAFETY_POLL_INTERVAL="2",
             GENRELAY_RETRY_BASE="0.2",
             GENRELAY_RETRY_MAX="2",
+            # The emulator's artifact URLs are on loopback: the archive copies them as it would a
+            # provider's public URLs, so its cost is part of every job's.
+            GENRELAY_ARCHIVE_ALLOW_PRIVATE="1",
         )
         settings = Settings.from_env(env)
         cluster = Cluster(workdir, env)
