@@ -29,14 +29,11 @@ from daemon import keys
 from daemon.redis_connection import connect
 from daemon.secret_store import resolve_secret
 from daemon.settings import Settings
-from daemon.slots import ARQ_EXPIRY_MS
-from daemon.tasks import Task
 
 SECRET_PREFIX = "whsec_"
 # Domain separation: the delivery key derived from GENRELAY_SECRET can never equal a key that secret
 # signs anything else with (callback tokens). Changing this string changes every app's secret.
 DERIVATION_LABEL = b"genrelay webhook delivery signing key v1"
-DELIVER_TASK = Task.DELIVER
 
 
 def derive_secret(shared_secret: str) -> str:
@@ -84,22 +81,30 @@ class Signer:
 # --- try counter ----------------------------------------------------------------------------------------
 
 
-async def count_try(client: aioredis.Redis, job_id: str, seq: int) -> int:
-    """Record one more attempt at a delivery and return how many there have been.
+async def count_failed_try(client: aioredis.Redis, job_id: str, seq: int) -> int:
+    """Record one more failed attempt at a delivery and return how many attempts there have been.
 
     Counted by us rather than by arq's ``job_try``, which also counts a worker's shutdown cancelling a
-    task (arq #267): only a request that was really started uses up one of the app's tries.
+    task (arq #267): only a request that was really sent and failed uses up one of the app's tries.
+    A delivery that succeeds at once writes nothing. One round, no transaction: both commands go in
+    one write, and a counter left without its expiry is deleted when the delivery ends.
     """
     key = keys.delivery_tries_key(job_id, seq)
-    async with client.pipeline(transaction=True) as pipe:
+    async with client.pipeline(transaction=False) as pipe:
         pipe.incr(key)
         pipe.expire(key, keys.DELIVERY_TRIES_TTL_S)
-        tries, _ = await pipe.execute()
-    return int(tries)
+        failed, _ = await pipe.execute()
+    return int(failed)
 
 
-async def forget_tries(client: aioredis.Redis, job_id: str, seq: int) -> None:
-    await client.delete(keys.delivery_tries_key(job_id, seq))
+async def forget_tries(client: aioredis.Redis, job_id: str, seq: int) -> int:
+    """The delivery succeeded: drop its counter; how many attempts it took (1 when none failed)."""
+    key = keys.delivery_tries_key(job_id, seq)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.get(key)
+        pipe.delete(key)
+        failed, _ = await pipe.execute()
+    return int(failed or 0) + 1
 
 
 # --- dead letters ---------------------------------------------------------------------------------------
@@ -150,30 +155,20 @@ async def dead_letters(client: aioredis.Redis, job_id: str | None = None) -> lis
     return sorted(letters, key=lambda letter: (letter.failed_ms, letter.job_id, letter.seq))
 
 
-def deliver_payload(job_id: str, seq: int, now_ms: int) -> bytes:
-    """The arq job ``deliver_job(job_id, seq)``, exactly as ``notify_app`` in ``lua/lib.lua`` writes it."""
-    return orjson.dumps({"t": None, "f": DELIVER_TASK, "a": [job_id, seq], "k": {}, "et": now_ms})
-
-
 async def replay(client: aioredis.Redis, letters: Iterable[DeadLetter]) -> int:
     """Enqueue each delivery again with a fresh set of tries and remove its dead letter; returns how
     many were replayed.
 
-    Each one is one MULTI: the arq job (same id as the original, ``deliver:<job>:<seq>``, so the app
-    sees the same ``webhook-id``), its queue entry, the reset counter and the removed dead letter land
-    together. ``NX`` makes a replay of a delivery that is already queued change nothing.
+    Each one is one MULTI: the queue entry (same id as the original, ``deliver:<job>:<seq>``, so the
+    app sees the same ``webhook-id``; the id says what to run, daemon/tasks.py), the reset counter
+    and the removed dead letter land together. ``NX`` makes a replay of a delivery that is already
+    queued change nothing.
     """
     count = 0
     for letter in letters:
         arq_id = f"deliver:{letter.job_id}:{letter.seq}"
         now_ms = int(time.time() * 1000)
         async with client.pipeline(transaction=True) as pipe:
-            pipe.set(
-                keys.ARQ_JOB_PREFIX + arq_id,
-                deliver_payload(letter.job_id, letter.seq, now_ms),
-                px=ARQ_EXPIRY_MS,
-                nx=True,
-            )
             pipe.zadd(keys.ARQ_QUEUE, {arq_id: now_ms}, nx=True)
             pipe.delete(keys.delivery_tries_key(letter.job_id, letter.seq))
             pipe.hdel(keys.DELIVERIES_DEAD, letter.field)

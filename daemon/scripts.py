@@ -12,11 +12,8 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from daemon.tasks import lua_names
-
 _LUA = resources.files("daemon") / "lua"
-# The tasks' queue names come from daemon/tasks.py, ahead of the prelude that schedules them.
-_PRELUDE = lua_names() + (_LUA / "lib.lua").read_text()
+_PRELUDE = (_LUA / "lib.lua").read_text()
 _STANDALONE = frozenset(
     {"claim_polls", "claim_tasks", "record_asset", "take_request", "postpone_poll", "reject_job"}
 )

@@ -53,8 +53,6 @@ class ProviderScope:
         if head is None:
             static: dict[str, Any] = {
                 "lease_ms": self.lease_ms,
-                "arq_prefix": keys.ARQ_JOB_PREFIX,
-                "arq_expiry_ms": ARQ_EXPIRY_MS,
                 "events_maxlen": EVENTS_MAXLEN,
                 "retention_s": self.retention_s,
             }

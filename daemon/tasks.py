@@ -1,15 +1,19 @@
 """The arq tasks genrelay runs, by the names they have in the queue: the one home of those names.
 
-Python code names a task through :class:`Task`; the Lua scripts that schedule one (``lib.lua``'s
-``enqueue_submit`` and ``notify_app``) get the names as the locals of :func:`lua_names`, which
-:mod:`daemon.scripts` puts before the prelude, so no ``.lua`` file spells a task's name.
+Python code names a task through :class:`Task`. The tasks the scripts schedule (``lib.lua``'s
+``enqueue_submit`` and ``notify_app``, ``archive_finish.lua``) have no payload key: their id says
+what to run, as :func:`task_from_id` reads it (``submit:<job>:<ms>``, ``deliver:<job>:<seq>``,
+``deliver:<job>:<seq>:archived``), which saves a write when they are scheduled, a read when they
+are taken and a delete when they end.
 """
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Any
 
-__all__ = ["Task", "lua_names"]
+__all__ = ["Task", "task_from_id"]
 
 
 class Task(StrEnum):
@@ -23,10 +27,17 @@ class Task(StrEnum):
     SYNC_CAPACITY = "sync_capacity"
 
 
-# The tasks a Lua script schedules, under the local name the script uses.
-_LUA_LOCALS = {"TASK_SUBMIT": Task.SUBMIT, "TASK_DELIVER": Task.DELIVER}
+# The ids of the tasks the slot scripts schedule (claim_tasks.lua reads no payload for these).
+_SUBMIT_ID = re.compile(r"submit:([^:]+):(\d+)")
+_DELIVER_ID = re.compile(r"deliver:([^:]+):(\d+)(?::archived)?")
 
 
-def lua_names() -> str:
-    """Lua lines defining ``TASK_SUBMIT`` and ``TASK_DELIVER`` as the tasks' queue names."""
-    return "".join(f"local {local} = '{task.value}'\n" for local, task in _LUA_LOCALS.items())
+def task_from_id(task_id: str, now_ms: int) -> dict[str, Any] | None:
+    """The task (arq's {f, a, k, t, et}) that an id of the slot scripts names, or None for any other
+    id (a task with its own payload). ``et`` is the id's time, else ``now_ms``."""
+    if submit := _SUBMIT_ID.fullmatch(task_id):
+        return {"t": None, "f": Task.SUBMIT.value, "a": [submit[1]], "k": {}, "et": int(submit[2])}
+    if deliver := _DELIVER_ID.fullmatch(task_id):
+        job_id, seq = deliver[1], int(deliver[2])
+        return {"t": None, "f": Task.DELIVER.value, "a": [job_id, seq], "k": {}, "et": now_ms}
+    return None

@@ -68,6 +68,8 @@ async def test_ten_identical_callbacks_across_two_web_processes_apply_once(
     events = [f for _, f in await redis_client.xrange(keys.events_key("ltxstudio"))]
     assert [f["state"] for f in events if f["job"] == job_id].count("completed") == 1
     assert [f["state"] for f in events if f["job"] == waiting].count("dispatched") == 1
-    deliveries = [k for k in await redis_client.keys(f"{keys.ARQ_JOB_PREFIX}deliver:{job_id}:*")]
+    deliveries = [
+        t for t in await redis_client.zrange(keys.ARQ_QUEUE, 0, -1) if t.startswith(f"deliver:{job_id}:")
+    ]
     assert len(deliveries) == 1
     assert await slot_index.leases_on(redis_client, "ltxstudio", "me@example.com") == [waiting]

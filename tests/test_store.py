@@ -134,7 +134,8 @@ async def test_claim_polls_never_hands_one_job_to_two_claimers(daemon: Services)
 
 async def test_the_app_is_told_at_the_end_and_on_progress_only_when_it_asked(daemon: Services) -> None:
     async def deliveries(job_id: str) -> list[str]:
-        return sorted(await daemon.client.keys(f"{keys.ARQ_JOB_PREFIX}deliver:{job_id}:*"))
+        queued = await daemon.client.zrange(keys.ARQ_QUEUE, 0, -1)
+        return sorted(t for t in queued if t.startswith(f"deliver:{job_id}:"))
 
     quiet = (await daemon.store.create(request(replyUrl="https://app.example.com/hook"))).job_id
     chatty = (

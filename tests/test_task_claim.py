@@ -20,6 +20,7 @@ from arq.utils import timestamp_ms
 from daemon import keys
 from daemon.scripts import script_source
 from daemon.settings import Settings
+from daemon.tasks import task_from_id
 from workers.task_claim import ClaimedTask, TaskClaimingWorker, claimed_tasks
 
 QUEUE = keys.ARQ_QUEUE
@@ -81,13 +82,32 @@ async def test_four_worker_processes_take_each_task_exactly_once(
 
 
 async def test_a_claim_returns_the_payload_and_the_first_attempt(redis_client: aioredis.Redis) -> None:
-    await redis_client.zadd(QUEUE, {"deliver:a:1": NOW_MS - 5, "deliver:gone:1": NOW_MS - 4})
-    await redis_client.set(keys.ARQ_JOB_PREFIX + "deliver:a:1", b'{"f":"deliver_job"}')
-    got = await claim(redis_client, NOW_MS, "deliver:a:1", "deliver:gone:1")
+    queued = {"accept:a": NOW_MS - 5, "accept:gone": NOW_MS - 4, "deliver:b:2": NOW_MS - 3}
+    await redis_client.zadd(QUEUE, queued)
+    await redis_client.set(keys.ARQ_JOB_PREFIX + "accept:a", b'{"f":"accept_job"}')
+    # A payload under a task the slot scripts schedule is not read: its id says what to run.
+    await redis_client.set(keys.ARQ_JOB_PREFIX + "deliver:b:2", b'{"f":"not_read"}')
+    got = await claim(redis_client, NOW_MS, "accept:a", "accept:gone", "deliver:b:2")
     assert got == [
-        ClaimedTask("deliver:a:1", b'{"f":"deliver_job"}', 1),
-        ClaimedTask("deliver:gone:1", None, 1),
+        ClaimedTask("accept:a", b'{"f":"accept_job"}', 1),
+        ClaimedTask("accept:gone", None, 1),
+        ClaimedTask("deliver:b:2", None, 1),
     ]
+
+
+def test_the_ids_of_scheduled_tasks_say_what_to_run() -> None:
+    assert task_from_id("submit:ltx-0a1b:1750000000123", 7) == {
+        "t": None,
+        "f": "submit_job",
+        "a": ["ltx-0a1b"],
+        "k": {},
+        "et": 1750000000123,
+    }
+    deliver = {"t": None, "f": "deliver_job", "a": ["ltx-0a1b", 4], "k": {}, "et": 7}
+    assert task_from_id("deliver:ltx-0a1b:4", 7) == deliver
+    assert task_from_id("deliver:ltx-0a1b:4:archived", 7) == deliver  # released by the archive
+    for other in ("accept:ltx-0a1b", "submit:ltx-0a1b", "submit:a:b:1", "deliver:a:4:later", "deliver:a:x"):
+        assert task_from_id(other, 7) is None
 
 
 async def test_a_taken_task_comes_back_when_its_hold_ends_as_a_rerun(redis_client: aioredis.Redis) -> None:

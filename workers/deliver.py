@@ -32,13 +32,13 @@ from yarl import URL
 from daemon import archive_state, keys
 from daemon.archive_notify import hold_delivery
 from daemon.backoff import backoff_seconds
-from daemon.deliveries import DeadLetter, Signer, add_dead_letter, count_try, forget_tries, message_id
+from daemon.deliveries import DeadLetter, Signer, add_dead_letter, count_failed_try, forget_tries, message_id
 from daemon.jobs import Job
 from daemon.providers.base import USER_AGENT, retry_after_seconds
 from daemon.settings import Settings
 from daemon.slots import ARQ_EXPIRY_MS
 from daemon.task_guard import arq_id, refuse
-from daemon.tasks import Task
+from daemon.tasks import Task, task_from_id
 from daemon.url_guard import UrlGuard, UrlRefused
 from workers.runtime import RUNTIME, WorkerRuntime
 
@@ -170,13 +170,15 @@ async def deliver_job(ctx: dict[str, Any], job_id: str, seq: int) -> str:
         artifact["archive"] = archive_state.to_api(
             await archive_state.ArchiveState(client).get(asset_id), asset_id
         )
-    tries = await count_try(client, job_id, seq)
     attempt = await sender.send(url, message_id(job_id, seq), orjson.dumps(body))
-    context = {"job_id": job_id, "seq": seq, "host": host_of(url), "status": attempt.status, "tries": tries}
+    context = {"job_id": job_id, "seq": seq, "host": host_of(url), "status": attempt.status}
     if attempt.outcome == "delivered":
-        await forget_tries(client, job_id, seq)
-        log.info("delivery attempt", outcome="delivered", **context)
+        # A first run that succeeds left no counter; a rerun may follow failed attempts.
+        tries = await forget_tries(client, job_id, seq) if int(ctx.get("job_try") or 1) > 1 else 1
+        log.info("delivery attempt", outcome="delivered", tries=tries, **context)
         return "delivered"
+    tries = await count_failed_try(client, job_id, seq)
+    context["tries"] = tries
     settings = runtime.services.settings
     if attempt.outcome == "refused" or tries >= settings.delivery_max_tries:
         await _dead_letter(runtime, job, seq, attempt, tries)
@@ -203,8 +205,9 @@ async def _dead_letter(runtime: WorkerRuntime, job: Job, seq: int, attempt: Atte
 
 
 async def _keep_queued_task(runtime: WorkerRuntime, ctx: dict[str, Any]) -> None:
-    """Give the arq task's key a fresh day: the transition script set its expiry once, and a long
-    retry schedule (big Retry-After values) must not outlive it."""
+    """Give the task's payload key a fresh day (a delivery the archive released has one; a long
+    retry schedule with big Retry-After values must not outlive it). A task whose id names it has
+    no payload (daemon/tasks.py)."""
     arq_id = ctx.get("job_id")
-    if arq_id:
+    if arq_id and task_from_id(arq_id, 0) is None:
         await runtime.services.client.pexpire(keys.ARQ_JOB_PREFIX + arq_id, ARQ_EXPIRY_MS)

@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 
 from daemon import keys
 from daemon.scripts import script_source
+from daemon.tasks import task_from_id
 
 log = structlog.get_logger("genrelay.worker")
 
@@ -147,11 +148,12 @@ class TaskClaimingWorker(Worker):
     async def run_claimed(self, claimed: ClaimedTask) -> None:
         """Run one taken task and record how it ended (see the module docstring)."""
         task_id = claimed.task_id
-        if claimed.payload is None:
+        if claimed.payload is not None:
+            task = self.read_payload(claimed.payload)
+        elif (task := task_from_id(task_id, timestamp_ms())) is None:
             log.warning("task payload expired; the task is dropped", task=task_id)
             self.jobs_failed += 1
             return await asyncio.shield(self.remove_task(claimed))
-        task = self.read_payload(claimed.payload)
         name = task.get("f") if task is not None else None
         function = self.functions.get(name) if isinstance(name, str) else None
         if task is None or not isinstance(function, Function):
@@ -211,11 +213,13 @@ class TaskClaimingWorker(Worker):
         return task if isinstance(task, dict) else None
 
     async def remove_task(self, claimed: ClaimedTask) -> None:
-        """The task ended: off the queue, its payload and rerun count gone (one round, no transaction:
-        a payload left by a cut-off round expires, a queue entry without one is dropped when taken)."""
+        """The task ended: off the queue, its payload (when it has one) and rerun count gone (one
+        round, no transaction: a payload left by a cut-off round expires, a queue entry without one
+        is dropped when taken, or runs again when its id names it: our tasks are idempotent)."""
         async with self.pool.pipeline(transaction=False) as pipe:
             pipe.zrem(self.queue_name, claimed.task_id)
-            pipe.delete(keys.ARQ_JOB_PREFIX + claimed.task_id)
+            if claimed.payload is not None:
+                pipe.delete(keys.ARQ_JOB_PREFIX + claimed.task_id)
             if claimed.attempt > 1:
                 pipe.hdel(keys.TASK_RERUNS, claimed.task_id)
             await pipe.execute()

@@ -11,6 +11,8 @@
 -- is over. The half millisecond marks a task that was taken before (or put back by its worker
 -- to run again): taking it again counts a rerun, so the first run of a task costs no write
 -- beyond its new score.
+-- The tasks the slot scripts schedule carry their arguments in their id and have no payload
+-- (daemon/tasks.py): submit:<job>:<ms>, deliver:<job>:<seq>[:archived] are not looked up.
 -- Returns {id1, payload1 or false, attempt1, id2, ...} for the tasks taken (attempt 1 = first run).
 
 local prefix, hold_ms, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -23,7 +25,12 @@ for i = 4, #ARGV do
     local attempt = 1
     if score % 1 ~= 0 then attempt = 1 + redis.call('HINCRBY', KEYS[2], task, 1) end
     out[#out + 1] = task
-    out[#out + 1] = redis.call('GET', prefix .. task)
+    if string.find(task, '^submit:[^:]+:%d+$') or string.find(task, '^deliver:[^:]+:%d+$')
+        or string.find(task, '^deliver:[^:]+:%d+:archived$') then
+      out[#out + 1] = false
+    else
+      out[#out + 1] = redis.call('GET', prefix .. task)
+    end
     out[#out + 1] = attempt
   end
 end

@@ -26,7 +26,7 @@
 --   24 pinned_ready    zset    account -> score of its pinned queue's head, for exactly the accounts
 --                              with room > 0 and a pinned job waiting
 --   25..               the script's own keys (the job hash, when it is about one job)
--- ARGV[1]: JSON config {lease_ms, arq_prefix, arq_expiry_ms, events_maxlen, retention_s,
+-- ARGV[1]: JSON config {lease_ms, events_maxlen, retention_s,
 --          now_ms (tests only; production uses the Redis server clock)}
 
 local K_ACCOUNTS, K_DISABLED, K_COOLDOWN, K_WAITING, K_PINS = 1, 2, 3, 4, 5
@@ -189,11 +189,11 @@ local function choose_account(pinned)
   return best_account()
 end
 
+-- The tasks scheduled here carry their arguments in their id and have no payload key
+-- (daemon/tasks.py, task_from_id): submit:<job>:<ms> runs TASK_SUBMIT(job), deliver:<job>:<seq>
+-- runs TASK_DELIVER(job, seq). NX: a task already on the queue (taken, running) keeps its score.
 local function enqueue_submit(job)
-  local arq_id = 'submit:' .. job .. ':' .. NOW
-  local payload = '{"t":null,"f":"' .. TASK_SUBMIT .. '","a":[' .. cjson.encode(job) .. '],"k":{},"et":' .. NOW .. '}'
-  redis.call('SET', cfg.arq_prefix .. arq_id, payload, 'PX', cfg.arq_expiry_ms)
-  redis.call('ZADD', KEYS[K_ARQ], NOW, arq_id)
+  redis.call('ZADD', KEYS[K_ARQ], 'NX', NOW, 'submit:' .. job .. ':' .. NOW)
 end
 
 -- Tell the app: when it gave its own replyUrl, a terminal transition (and, if it asked, progress)
@@ -204,11 +204,7 @@ local function notify_app(job, terminal, known)
   local f = known or redis.call('HMGET', JOB_KEY, 'reply_url', 'notify_progress', 'seq')
   if (f[1] or '') == '' then return end
   if not terminal and f[2] ~= '1' then return end
-  local seq = tostring(f[3] or '0')
-  local arq_id = 'deliver:' .. job .. ':' .. seq
-  local payload = '{"t":null,"f":"' .. TASK_DELIVER .. '","a":[' .. cjson.encode(job) .. ',' .. seq .. '],"k":{},"et":' .. NOW .. '}'
-  redis.call('SET', cfg.arq_prefix .. arq_id, payload, 'PX', cfg.arq_expiry_ms)
-  redis.call('ZADD', KEYS[K_ARQ], NOW, arq_id)
+  redis.call('ZADD', KEYS[K_ARQ], 'NX', NOW, 'deliver:' .. job .. ':' .. tostring(f[3] or '0'))
 end
 
 -- Returns the account's room after the grant.
@@ -244,15 +240,18 @@ end
 -- account with the most room) or, when better, the head of an account's pinned queue that has room.
 -- Runs in the same script as whatever freed the slot, so dispatch follows the event instead of a
 -- loop polling the queue. Each grant costs a few O(log n) reads; jobs pinned to full accounts are
--- never looked at, and it stops once no account has room left. When no job
--- waits it stops after two counts: expired leases and ended cooldowns are then settled by the next
--- script that picks an account, or by the sweep.
+-- never looked at, and it stops once no account has room left. When no job waits it stops after
+-- one read of the queue's head and one count of the pins: expired leases and ended cooldowns are
+-- then settled by the next script that picks an account, or by the sweep.
 local function handoff()
   local pinned = any_pinned()
-  if not settled and not pinned and redis.call('ZCARD', KEYS[K_WAITING]) == 0 then return end
+  -- The head of the unpinned queue, read once here for the first turn (settling expired leases
+  -- does not change the queue).
+  local head = redis.call('ZRANGE', KEYS[K_WAITING], 0, 0, 'WITHSCORES')
+  if not settled and not pinned and not head[1] then return end
   drop_expired()
-  for _ = 1, HANDOFF_BATCH do
-    local head = redis.call('ZRANGE', KEYS[K_WAITING], 0, 0, 'WITHSCORES')
+  for turn = 1, HANDOFF_BATCH do
+    if turn > 1 then head = redis.call('ZRANGE', KEYS[K_WAITING], 0, 0, 'WITHSCORES') end
     local ready = pinned and redis.call('ZRANGE', KEYS[K_PINNED_READY], 0, 0, 'WITHSCORES') or {}
     if ready[1] and (not head[1] or tonumber(ready[2]) < tonumber(head[2])) then
       local account = ready[1]
