@@ -74,6 +74,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def waiters_key(asset_id: str) -> str:
+    """The deliveries parked until this asset's copy settles (daemon/archive_notify.py)."""
+    return f"{state_key(asset_id)}:waiters"
+
+
 def to_api(fields: dict[str, str], asset_id: str) -> dict[str, Any]:
     """The ``archive`` member of an asset in the API."""
     state = fields.get("state") or "pending"
@@ -140,6 +145,8 @@ class ArchiveState:
                 RETENTION_KEY,
                 REFS_PREFIX + fields.get("sha256", ""),
                 USAGE_KEY,
+                waiters_key(claim.asset_id),
+                keys.ARQ_QUEUE,
             ],
             args=[claim.asset_id, orjson.dumps(fields), retry_ms, claim.created_ms + retention_ms, now_ms()],
         )

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from daemon.archive_notify import waiters_key
+from daemon.archive_state import waiters_key
 from daemon.client import Client
 from daemon.keys import asset_id
 from daemon.settings import Settings

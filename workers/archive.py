@@ -30,7 +30,6 @@ import structlog
 
 from daemon.archive_fetch import FetchError, discard, fetch
 from daemon.archive_metrics import record_outcome, set_usage
-from daemon.archive_notify import release_deliveries
 from daemon.archive_state import ArchiveState, Claim
 from daemon.archive_store import ArchiveBackend, StorageError, open_backend
 from daemon.backoff import backoff_seconds
@@ -149,7 +148,6 @@ class Archiver:
         fields = {"state": "archived", "sha256": fetched.sha256, "bytes": str(fetched.size), "mime": mime}
         retention_ms = int(config.retention * 1000)
         await self.state.finish(claim, {**fields, "final": "1"}, retention_ms=retention_ms)
-        await release_deliveries(self.runtime.services.client, claim.asset_id)
         record_outcome("archived", fetched.size)
         log.info(
             "asset archived", asset_id=claim.asset_id, bytes=fetched.size, resumed_from=fetched.resumed_from
@@ -183,7 +181,6 @@ class Archiver:
     async def _settle(self, claim: Claim, state: str, message: str) -> None:
         discard(self.config.staging_dir / f"{claim.asset_id}.part")
         await self.state.finish(claim, {"state": state, "message": message, "final": "1"})
-        await release_deliveries(self.runtime.services.client, claim.asset_id)
         record_outcome(state, 0)
         log.warning("archive gave up", asset_id=claim.asset_id, state=state, error=message)
 
