@@ -89,6 +89,20 @@ async def fetch(
 
 def discard(part: Path) -> None:
     part.unlink(missing_ok=True)
+    _type_file(part).unlink(missing_ok=True)
+
+
+def _type_file(part: Path) -> Path:
+    """Where the partial copy's Content-Type is kept: a resumed download that finds the copy
+    complete gets a 416, whose own type says nothing about the artifact."""
+    return part.with_name(part.name + ".type")
+
+
+def _stored_type(part: Path) -> str:
+    try:
+        return _type_file(part).read_text().strip()
+    except OSError:
+        return ""
 
 
 def _checked(guard: UrlGuard, url: str | URL) -> URL:
@@ -116,14 +130,14 @@ def _start_of(resp: aiohttp.ClientResponse, part: Path, offset: int) -> int:
 async def _receive(
     resp: aiohttp.ClientResponse, part: Path, digest: hashlib._Hash, offset: int, max_bytes: int
 ) -> Fetched:
-    mime = resp.headers.get("Content-Type", "").split(";")[0].strip()
     if resp.status == 416 and offset:
         total = resp.headers.get("Content-Range", "").rpartition("/")[2]
         if total.isdigit() and int(total) == offset:  # the earlier attempt had it all
-            return Fetched(digest.hexdigest(), offset, mime, offset)
+            return Fetched(digest.hexdigest(), offset, _stored_type(part), offset)
         discard(part)
         raise FetchError("transient", "the partial copy no longer matches; starting over")
     start = _start_of(resp, part, offset)
+    mime = resp.headers.get("Content-Type", "").split(";")[0].strip()
     if not start:
         digest = hashlib.sha256()
     length = resp.content_length
@@ -132,6 +146,8 @@ async def _receive(
         raise FetchError("too_large", f"the artifact has {start + length} bytes, over the cap of {max_bytes}")
     size = start
     try:
+        if mime:
+            _type_file(part).write_text(mime)
         with open(part, "r+b" if start else "wb") as handle:  # noqa: ASYNC230 (1 MiB writes: faster inline)
             handle.seek(start)
             handle.truncate()
