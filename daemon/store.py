@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,10 +279,12 @@ class JobStore:
     async def claim_polls(
         self, provider: str, batch: int, claim_ms: int, abandoned: bool = True
     ) -> PollBatch:
-        """Due polls, at most ``batch``; ``abandoned``: also give back claims dead workers left."""
+        """Due polls, at most ``batch``; ``abandoned``: also give back claims dead workers left.
+        Due is judged by this process's clock: a skew between hosts only moves a poll by as much."""
         pk = keys.provider_keys(provider)
+        now_ms = int(time.time() * 1000)
         r = await self.scripts.claim_polls(
-            keys=[pk.polls, pk.polling], args=[batch, claim_ms, "", "1" if abandoned else "0"]
+            keys=[pk.polls, pk.polling], args=[batch, claim_ms, now_ms, "1" if abandoned else "0"]
         )
         due = [(r[i], int(float(r[i + 1]))) for i in range(2, len(r), 2)]
         return PollBatch(now_ms=int(r[0]), next_due_ms=int(float(r[1])) if r[1] else None, due=due)

@@ -1,7 +1,7 @@
 -- claim_polls.lua: take the polls that are due, so no two workers poll the same job at once.
 -- KEYS[1] polls    zset job -> due (ms)
 -- KEYS[2] polling  zset job -> claim expiry (ms): a claim a dead worker left comes back when it expires
--- ARGV[1] batch size; ARGV[2] claim duration (ms); ARGV[3] now (ms, tests only; '' = Redis clock);
+-- ARGV[1] batch size; ARGV[2] claim duration (ms); ARGV[3] now (ms: the caller's clock; '' = Redis's);
 -- ARGV[4] '1': also give back the claims dead workers left (callers do it every few seconds)
 -- Returns {now, next_due or '', job1, due1, job2, due2, ...}
 -- One read of the head of the schedule (batch + 1 entries) finds both the due polls and the next
