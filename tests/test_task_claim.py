@@ -147,8 +147,11 @@ async def test_empty_reads_double_the_wait_up_to_the_max(
         await worker.start_jobs([])
         await worker.start_jobs([])
         assert worker.empty_reads == 12
-        # A read that found a task (taken by someone else here) resets the wait.
+        # A read whose task another worker took counts as empty too; one that takes a task resets it.
         await worker.start_jobs([b"submit:elsewhere:1"])
+        assert worker.empty_reads == 13
+        await redis_client.zadd(QUEUE, {"accept:ours": timestamp_ms() - 1})  # no payload: dropped
+        await worker.start_jobs([b"accept:ours"])
         assert worker.empty_reads == 0
     finally:
         await worker.pool.aclose()

@@ -18,8 +18,9 @@ and health record, and replaces the rest:
   holds; ``ctx["job_try"]`` is the attempt, as with arq.
 * A task whose bookkeeping a Redis outage cut off is logged and runs again when its hold ends.
 
-An empty read doubles the wait before the next one, from ``GENRELAY_QUEUE_POLL_DELAY`` up to
-``GENRELAY_QUEUE_POLL_MAX_DELAY``; a read that finds a task resets it.
+An empty read (or one whose tasks all went to other workers) doubles the wait before the next
+one, from ``GENRELAY_QUEUE_POLL_DELAY`` up to ``GENRELAY_QUEUE_POLL_MAX_DELAY``; a read that takes
+a task resets it.
 
 A stop does not rest on arq's one ``cancel()`` of the main task: on Python 3.11, redis-py sends
 each command inside ``asyncio.wait_for``, which drops a cancellation that lands as the send
@@ -127,8 +128,10 @@ class TaskClaimingWorker(Worker):
             # A full worker did not really look; only an empty read of the queue slows the looks.
             self.empty_reads = self.empty_reads + 1 if not job_ids else 0
             return
-        self.empty_reads = 0
-        for claimed in await self.claim(candidates):
+        taken = await self.claim(candidates)
+        # A read whose tasks all went to other workers counts as empty: they keep up without us.
+        self.empty_reads = 0 if taken else self.empty_reads + 1
+        for claimed in taken:
             await self.sem.acquire()
             self.job_counter += 1
             task = self.loop.create_task(self._run_claimed(claimed))
