@@ -40,6 +40,7 @@ from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("genrelay.archive")
 
+# Longest wait between looks at the archive queues (a copy waits about half of it to start).
 MAX_IDLE_S = 0.5
 # Retries of a copy back off from 2 s up to 5 min (with jitter): a URL that keeps failing costs little.
 RETRY_BASE_S = 2.0
@@ -77,28 +78,42 @@ class Archiver:
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + min(EXPIRY_INTERVAL_S, self.config.retention / 2)
                     await self.expire()
-                claimed = 0
+                more_due = False
                 for provider in providers:
                     free = self.config.concurrency - len(self.in_flight)
                     if free <= 0:
                         break
-                    for claim in await self.state.claim(
-                        provider, free, self.claim_ms, self.asset_retention_ms
-                    ):
-                        claimed += 1
+                    claims = await self.state.claim(provider, free, self.claim_ms, self.asset_retention_ms)
+                    more_due = more_due or len(claims) == free
+                    for claim in claims:
                         task = asyncio.create_task(self.archive(claim))
                         self.in_flight.add(task)
                         task.add_done_callback(self.in_flight.discard)
-                if claimed == 0 or len(self.in_flight) >= self.config.concurrency:
-                    stop = asyncio.ensure_future(stopping.wait())
-                    waiters: set[asyncio.Future[Any]] = {stop, *self.in_flight}
-                    await asyncio.wait(waiters, timeout=MAX_IDLE_S, return_when=asyncio.FIRST_COMPLETED)
-                    stop.cancel()
+                full = len(self.in_flight) >= self.config.concurrency
+                if full or not more_due:
+                    await self._pause(full)
         finally:
             for task in self.in_flight:
                 task.cancel()
             await asyncio.gather(*self.in_flight, return_exceptions=True)
             await self.session.close()
+
+    async def _pause(self, full: bool) -> None:
+        """Between looks at the queues. Full: until half the copies ended (or MAX_IDLE_S). Every
+        queue drained: MAX_IDLE_S. Either way the next look takes what came meanwhile in one claim,
+        not one claim per copy."""
+        stopping = self.runtime.stopping
+        deadline = time.monotonic() + MAX_IDLE_S
+        refill_at = self.config.concurrency // 2
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            while not stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+                if full and len(self.in_flight) <= refill_at:
+                    return
+                waiters: set[asyncio.Future[Any]] = {stop, *self.in_flight} if full else {stop}
+                await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
 
     async def expire(self) -> None:
         """Delete the copies past GENRELAY_ARCHIVE_RETENTION that no asset refers to any more."""
