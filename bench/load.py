@@ -17,7 +17,8 @@ Reported once every job is terminal (hard timeout ``--timeout``):
   sum(maxJobs) / mean job duration (so the ratio is the slot utilisation);
 * poll lateness p50/p99 as the provider saw it (LTX jobs: spacing of status reads minus the poll
   interval, bench/common.py ``ProviderTraffic``);
-* Redis commands per job (INFO commandstats delta, commands run inside scripts included).
+* Redis commands per job (INFO commandstats delta, commands run inside scripts included; the
+  bench's own progress reads left out).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import redis.asyncio as aioredis
 from bench.cluster import Cluster, free_port, rss_mb, wait_ready
 from bench.common import ProviderTraffic, embedded_redis, emulator, percentile, quiet, stop_on_sigterm
 from bench.invariants import (
+    TERMINAL,
     Report,
     allocation_checks,
     count_terminal,
@@ -196,8 +198,12 @@ async def commands(client: aioredis.Redis) -> dict[str, int]:
     }
 
 
-def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    delta = {name: calls - before.get(name, 0) for name, calls in after.items()}
+def command_delta(
+    before: dict[str, int], after: dict[str, int], own: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Calls between the two readings, less ``own`` (the bench's own commands meanwhile)."""
+    own = own or {}
+    delta = {name: calls - before.get(name, 0) - own.get(name, 0) for name, calls in after.items()}
     return dict(sorted(((n, c) for n, c in delta.items() if c), key=lambda item: -item[1]))
 
 
@@ -209,12 +215,16 @@ async def wait_terminal(
     deadline: float,
     say: Callable[[str], None] = print,
     marks: dict[float, float] | None = None,
+    own: dict[str, int] | None = None,
 ) -> float:
     """Wait until ``total`` jobs are terminal, with a progress line every few seconds; returns the
-    time they were (or the deadline). ``marks``: fraction -> filled with when it was reached."""
+    time they were (or the deadline). ``marks``: fraction -> filled with when it was reached;
+    ``own``: counts the Redis commands these reads issue (not genrelay's), by command."""
     next_line = time.monotonic() + PROGRESS_EVERY_S
     while time.monotonic() < deadline:
         done = await count_terminal(client, providers)
+        if own is not None:
+            own["zcard"] = own.get("zcard", 0) + len(providers) * len(TERMINAL)
         now = time.monotonic()
         if marks is not None:
             for fraction, at in marks.items():
@@ -280,8 +290,10 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> bool:
             ids = await enqueue(bases, range(args.jobs), "load", answers)
             enqueued_s = time.monotonic() - started
             marks = {0.99: 0.0}
+            own: dict[str, int] = {"info": 1}  # the bench's reads, left out of genrelay's count
+            deadline = started + args.timeout
             finished = await wait_terminal(
-                client, settings.providers(), len(ids), started, started + args.timeout, marks=marks
+                client, settings.providers(), len(ids), started, deadline, marks=marks, own=own
             )
             elapsed = finished - started
             after = await commands(client)
@@ -333,7 +345,7 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> bool:
         f"p99 {percentile(late, 0.99):.0f} ms "
         f"({len(late)} LTX status reads, interval {args.poll_interval:g} s)"
     )
-    delta = command_delta(before, after)
+    delta = command_delta(before, after, own)
     per_job = sum(delta.values()) / max(1, len(ids))
     top = ", ".join(f"{name} {calls / max(1, len(ids)):.1f}" for name, calls in list(delta.items())[:16])
     print(
