@@ -195,6 +195,11 @@ async def test_private_artifact_url_is_refused_unless_allowed(
     assert "loopback" in asset["archive"]["message"], asset["archive"]
     log = await emulator.control("GET", "artifacts")
     assert log["requests"] == []  # refused before any connection
+    # No copy: 404, and the dashboard's links (?fallback=provider) go to the provider's URL instead.
+    content = f"/v1/assets/{asset['id']}/content"
+    assert (await api.get(content)).status == 404
+    resp = await api.get(content, params={"fallback": "provider"}, allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == asset["assetUrl"]
 
 
 async def test_copies_are_deleted_after_their_retention(
