@@ -56,6 +56,8 @@ end
 local job_poll_ms = tonumber(rec[3] or '')
 if job_poll_ms and poll_ms > 0 then poll_ms = job_poll_ms end
 local confirming = false
+-- Fields an update writes besides its transition, put in the same HSET as the rest.
+local extra = {}
 if u.confirm and RANK[new] == 3 then
   confirming = true
   new = 'active'
@@ -63,7 +65,7 @@ if u.confirm and RANK[new] == 3 then
   if u.progress == nil or u.progress == cjson.null then u.progress = 0 end
   u.message = nil
   -- Remembered so the status read this hint triggers counts as the webhook's doing (ended_by).
-  if rec[10] ~= '1' then redis.call('HSET', JOB_KEY, 'hinted', '1') end
+  if rec[10] ~= '1' then extra[#extra + 1] = 'hinted'; extra[#extra + 1] = '1' end
 end
 
 -- How the job ended, for the record: a status read of a job that has callbacks (its own
@@ -82,9 +84,10 @@ local renewed = nil
 local function renew_lease()
   if renewed == nil then renewed = renew_due(job, rec[13]) or false end
 end
--- For an update that writes nothing else: the renewal's record.
+-- For an update that writes no transition: the renewal's record and the extra fields, in one HSET.
 local function record_renewal()
-  if renewed then redis.call('HSET', JOB_KEY, 'lease_until', renewed) end
+  if renewed then extra[#extra + 1] = 'lease_until'; extra[#extra + 1] = renewed end
+  if #extra > 0 then redis.call('HSET', JOB_KEY, unpack(extra)) end
 end
 local function keep_polling()
   renew_lease()
@@ -120,10 +123,10 @@ if new == cur and (new ~= 'active' or progress <= cur_progress) then
   -- Nothing moves, but bookkeeping fields (e.g. the submit's poll schedule when a callback got
   -- there first) and a provider job id not known yet are still recorded.
   if type(u.fields) == 'table' then
-    for k, v in pairs(u.fields) do redis.call('HSET', JOB_KEY, k, v) end
+    for k, v in pairs(u.fields) do extra[#extra + 1] = k; extra[#extra + 1] = v end
   end
   if has_pid then
-    redis.call('HSET', JOB_KEY, 'provider_job_id', u.provider_job_id)
+    extra[#extra + 1] = 'provider_job_id'; extra[#extra + 1] = u.provider_job_id
   end
   sign_of_life()
   record_renewal()
@@ -132,7 +135,7 @@ end
 if progress < cur_progress then progress = cur_progress end
 if new == 'completed' then progress = 100 end
 
-local fields = {'state', new, 'progress', progress, 'updated_ms', NOW}
+local fields = {'state', new, 'progress', progress, 'updated_ms', NOW, unpack(extra)}
 local function put(name, value)
   if value ~= nil and value ~= cjson.null then fields[#fields + 1] = name; fields[#fields + 1] = value end
 end
