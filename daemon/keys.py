@@ -34,7 +34,7 @@ DELIVERY_TRIES_TTL_S = 2 * 86_400
 JOB_ID_PATTERN = re.compile(r"(?P<provider>[a-z][a-z0-9]*)-(?P<token>[0-9a-f]{32})")
 
 # The slot layout the scripts in daemon/lua expect (lib.lua); older layouts are upgraded at start.
-SLOT_LAYOUT = 2
+SLOT_LAYOUT = 3
 # What ``room`` subtracts while an account is disabled / cooling down (DISABLED_OFFSET and
 # COOLING_OFFSET in lua/lib.lua).
 ROOM_DISABLED_OFFSET = 1_000_000_000
@@ -77,7 +77,7 @@ class ProviderKeys:
     pins: str  # hash  pinned waiting job id -> its member of ``waiting_pinned``
     events: str  # stream of every transition, capped
     polls: str  # zset  job id -> next poll due (ms)
-    polling: str  # zset  job id -> claim expiry (ms) while a worker polls it
+    polling: str  # zset  layout 2's claimed polls (layout 3 keeps them in polls; emptied by the upgrade)
     expired: str  # list  job ids whose lease expired, for the sweep to fail
     index: str  # zset  job id -> created (ms), every job
     states: tuple[str, ...]  # one zset per state: job id -> last update (ms)

@@ -93,7 +93,7 @@ class RequestBudget:
         postponed polls of many jobs do not all come back in the same instant)."""
         delay = exhausted.wait_s + random.uniform(0, exhausted.window_s / 4)
         pk = keys.provider_keys(provider)
-        await self.scripts.postpone_poll(keys=[pk.polls, pk.polling], args=[job_id, math.ceil(delay * 1000)])
+        await self.scripts.postpone_poll(keys=[pk.polls], args=[job_id, math.ceil(delay * 1000)])
 
 
 # useapi.net counts requests per API token, whatever the service (Kling, MiniMax, ...): their

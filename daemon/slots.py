@@ -152,8 +152,8 @@ class SlotAllocator:
 
     async def upgrade_layout(self) -> dict[str, int]:
         """Bring every provider's keys to the current slot layout (``lua/upgrade_layout.lua``), with
-        jobs in flight; returns the leases moved per provider (0: already current). Every process
-        calls it at start; the script is atomic and does nothing the second time."""
+        jobs in flight; returns the leases and poll claims moved per provider (0: already current).
+        Every process calls it at start; the script is atomic and does nothing the second time."""
         moved = {}
         for provider, scope in self.scopes.items():
             pk = keys.provider_keys(provider)
@@ -174,7 +174,7 @@ class SlotAllocator:
             )
             if moved[provider]:
                 log.info(
-                    "slot layout upgraded", provider=provider, layout=keys.SLOT_LAYOUT, leases=moved[provider]
+                    "slot layout upgraded", provider=provider, layout=keys.SLOT_LAYOUT, moved=moved[provider]
                 )
         return moved
 

@@ -279,8 +279,10 @@ class JobStore:
     async def claim_polls(
         self, provider: str, batch: int, claim_ms: int, abandoned: bool = True
     ) -> PollBatch:
-        """Due polls, at most ``batch``; ``abandoned``: also give back claims dead workers left.
-        Due is judged by this process's clock: a skew between hosts only moves a poll by as much."""
+        """Due polls, at most ``batch``, each held for ``claim_ms`` (a claim a dead worker left is
+        due again then); ``abandoned``: also give back the expired claims a process of the previous
+        slot layout left in 'polling'. Due is judged by this process's clock: a skew between hosts
+        only moves a poll by as much."""
         pk = keys.provider_keys(provider)
         now_ms = int(time.time() * 1000)
         r = await self.scripts.claim_polls(

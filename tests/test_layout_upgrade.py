@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from daemon import keys
 from daemon.client import Client
 from emulator.config import EmulatorConfig
 from tests.conftest import API_KEYS, Emulator, process_env
@@ -194,5 +195,29 @@ async def test_upgrade_from_layout_1_with_jobs_in_flight(
 
     # Needs the layout-2 code (the scale change): the layout-1 daemon writes no layout key and no
     # room index, so on it the test fails here, and only here.
-    assert await redis_client.get(f"{T}:layout") == "2", "the Redis was not upgraded to layout 2"
+    assert await redis_client.get(f"{T}:layout") == "3", "the Redis was not upgraded to layout 3"
     assert dict(await redis_client.zrange(f"{T}:room", 0, -1, withscores=True)) == ACCOUNTS
+
+
+async def test_upgrade_from_layout_2_keeps_every_poll_claim(
+    redis_client: aioredis.Redis,
+    emulator: Emulator,
+    open_daemon: Any,
+    make_settings: Any,
+) -> None:
+    """Layout 2 kept claimed polls apart ('polling': job -> claim expiry); layout 3 keeps each in the
+    schedule at its claim's expiry, marked by a half. Staged as layout 2 leaves them: two jobs
+    claimed by a poller, one of which a callback made due again meanwhile, and a job due later.
+    After the upgrade at start each claim is in the schedule, the poll the callback made due stays
+    due, and no claim is left apart."""
+    pk = keys.provider_keys(PROVIDER)
+    claimed, hinted, later = (f"ltx-{c * 32}" for c in "abc")
+    expiry = 1_900_000_000_000
+    await redis_client.set(pk.layout, "2")
+    await redis_client.zadd(pk.polling, {claimed: expiry, hinted: expiry})
+    await redis_client.zadd(pk.polls, {hinted: 5, later: 7})
+    await open_daemon(make_settings(emulator.url, ACCOUNTS))
+    assert await redis_client.get(pk.layout) == "3"
+    assert await redis_client.exists(pk.polling) == 0
+    schedule = await redis_client.zrange(pk.polls, 0, -1, withscores=True)
+    assert schedule == [(hinted, 5.0), (later, 7.0), (claimed, expiry + 0.5)]

@@ -1,4 +1,4 @@
-"""A hypothesis state machine drives the slot indexes of slot layout 2 (docs/slots.md) through the
+"""A hypothesis state machine drives the slot indexes of the slot layout (docs/slots.md) through the
 real scripts on a real Redis, with 1 to 50 accounts of one provider, and checks after every step
 that each index is exactly what a plain Python model of the accounts, leases and queues derives.
 

@@ -126,10 +126,17 @@ async def test_claim_polls_never_hands_one_job_to_two_claimers(daemon: Services)
     second = await daemon.store.claim_polls("ltx", batch=10, claim_ms=60_000)
     assert sorted(j for j, _ in first.due) == sorted(ids)
     assert second.due == []
-    # A claim whose holder died comes back once it expires.
-    await daemon.client.zadd(keys.provider_keys("ltx").polling, {ids[0]: 1})
+    # A claim is kept in the schedule at its expiry, marked by the half.
+    held = await daemon.client.zscore(polls, ids[0])
+    assert held is not None and held % 1 == 0.5 and held > first.now_ms
+    # A claim whose holder died comes back once it expires (staged: it expired long ago), and so
+    # does one that a process of slot layout 2 left in its zset of claims.
+    await daemon.client.zadd(polls, {ids[0]: 1.5})
+    await daemon.client.zrem(polls, ids[1])
+    await daemon.client.zadd(keys.provider_keys("ltx").polling, {ids[1]: 1})
     third = await daemon.store.claim_polls("ltx", batch=10, claim_ms=60_000)
-    assert [j for j, _ in third.due] == [ids[0]]
+    assert sorted(j for j, _ in third.due) == sorted(ids[:2])
+    assert await daemon.client.zcard(keys.provider_keys("ltx").polling) == 0
 
 
 async def test_the_app_is_told_at_the_end_and_on_progress_only_when_it_asked(daemon: Services) -> None:

@@ -30,7 +30,8 @@ MAX_IDLE_S = 1.0
 # Shortest wait between claims that did not come back full (a tenth of the poll interval when that
 # is shorter): polls due within it are taken together, at that much lateness.
 MIN_CLAIM_GAP_S = 0.05
-# How often a poller also gives back the claims that dead workers left (they last job_timeout).
+# How often a poller also gives back the claims that processes of the previous slot layout left in
+# its zset of claims ('polling'; layout 3 keeps claims in the schedule, where they come back alone).
 ABANDONED_EVERY_S = 5.0
 
 
@@ -128,7 +129,7 @@ class Poller:
             self.in_flight.add(task)
             task.add_done_callback(self._done)
         if gone:
-            await client.zrem(keys.provider_keys(self.provider).polling, *gone)
+            await client.zrem(keys.provider_keys(self.provider).polls, *gone)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)

@@ -1,11 +1,12 @@
 -- claim_polls.lua: take the polls that are due, so no two workers poll the same job at once.
--- KEYS[1] polls    zset job -> due (ms)
--- KEYS[2] polling  zset job -> claim expiry (ms): a claim a dead worker left comes back when it expires
+-- KEYS[1] polls    zset job -> due (ms, whole); a claimed poll: its claim's expiry + 0.5
+-- KEYS[2] polling  zset job -> claim expiry (ms): claims a process of slot layout 2 made
 -- ARGV[1] batch size; ARGV[2] claim duration (ms); ARGV[3] now (ms: the caller's clock; '' = Redis's);
--- ARGV[4] '1': also give back the claims dead workers left (callers do it every few seconds)
+-- ARGV[4] '1': also give back the expired claims in KEYS[2] (callers do it every few seconds)
 -- Returns {now, next_due or '', job1, due1, job2, due2, ...}
 -- One read of the head of the schedule (batch + 1 entries) finds both the due polls and the next
--- one not due yet.
+-- one not due yet. A claim moves the poll's score to the claim's expiry, with the half that marks
+-- it: it leaves every read while it is made, and when its worker died it is due again then.
 
 local now
 if ARGV[3] ~= '' then now = tonumber(ARGV[3]) else
@@ -23,15 +24,14 @@ end
 local batch = tonumber(ARGV[1])
 local head = redis.call('ZRANGE', KEYS[1], 0, batch, 'WITHSCORES')
 local out = {tostring(now), ''}
-local claim_until = now + tonumber(ARGV[2])
+local held = now + tonumber(ARGV[2]) + 0.5
 for k = 1, #head, 2 do
   if tonumber(head[k + 1]) > now or (k + 1) / 2 > batch then
-    out[2] = head[k + 1]
+    out[2] = tostring(math.floor(tonumber(head[k + 1])))
     break
   end
-  redis.call('ZREM', KEYS[1], head[k])
-  redis.call('ZADD', KEYS[2], claim_until, head[k])
+  redis.call('ZADD', KEYS[1], held, head[k])
   out[#out + 1] = head[k]
-  out[#out + 1] = head[k + 1]
+  out[#out + 1] = tostring(math.floor(tonumber(head[k + 1])))
 end
 return out

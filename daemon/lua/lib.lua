@@ -1,5 +1,5 @@
 -- lib.lua: shared prelude of every slot-aware script; prepended to the script text at load time.
--- Slot layout 2 (docs/slots.md): every index is per provider and every helper does O(log n) work,
+-- Slot layout 3 (docs/slots.md): every index is per provider and every helper does O(log n) work,
 -- whatever the number of accounts or the length of the queue.
 --
 -- KEYS (all hash-tagged {provider} except the arq queue):
@@ -9,8 +9,10 @@
 --   4  waiting         zset    unpinned waiting job -> (9 - priority) * 1e13 + arrival ms (lowest first)
 --   5  pins            hash    pinned waiting job -> its member in waiting_pinned
 --   6  events          stream  one entry per transition: job, state, progress, account, source
---   7  polls           zset    job -> next poll due (ms)
---   8  polling         zset    job -> claim expiry (ms) while a worker polls it
+--   7  polls           zset    job -> next poll due (ms, whole); while a worker polls it, its claim's
+--                              expiry + 0.5 (the half marks a claim; one a dead worker left is due
+--                              again when it expires)
+--   8  polling         zset    layout 2 only (claims were kept apart); emptied by the upgrade
 --   9  expired         list    jobs whose lease expired (the sweep fails them)
 --   10 index           zset    job -> created (ms)
 --   11..16 state zsets         queued, submitting, active, completed, failed, canceled: job -> updated (ms)
@@ -300,17 +302,21 @@ local function move_state_index(job, old, new)
   redis.call('ZADD', KEYS[K_STATE[new]], NOW, job)
 end
 
--- ``unclaimed``: the caller knows no poller holds the job (a submit's or a callback's update; a
--- poll still in flight at that moment only reads the status once more, which is harmless).
-local function schedule_poll(job, delay_ms, unclaimed)
-  if not unclaimed then redis.call('ZREM', KEYS[K_POLLING], job) end
+-- The job's next poll, replacing a poller's claim on it (a poll still in flight at that moment
+-- only reads the status once more, which is harmless).
+local function schedule_poll(job, delay_ms)
   redis.call('ZADD', KEYS[K_POLLS], NOW + delay_ms, job)
+end
+
+-- Whether a poller holds a claim on the job (its poll's score carries the claim's half).
+local function poll_claimed(job)
+  local score = tonumber(redis.call('ZSCORE', KEYS[K_POLLS], job) or '')
+  return score ~= nil and score % 1 ~= 0
 end
 
 -- ``state``: the job's state when the caller knows it; only a queued job can be in line.
 local function unschedule(job, state)
   redis.call('ZREM', KEYS[K_POLLS], job)
-  redis.call('ZREM', KEYS[K_POLLING], job)
   if state == nil or state == 'queued' then leave_queue(job) end
 end
 

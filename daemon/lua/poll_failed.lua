@@ -9,7 +9,7 @@ local job = redis.call('HGET', JOB_KEY, 'id')
 if not job then return {'missing'} end
 local state = redis.call('HGET', JOB_KEY, 'state')
 if RANK[state] == 3 then
-  redis.call('ZREM', KEYS[K_POLLING], job)
+  redis.call('ZREM', KEYS[K_POLLS], job)
   return {'skip', state}
 end
 local n = redis.call('HINCRBY', JOB_KEY, 'poll_errors', 1)

@@ -3,7 +3,8 @@
 -- one call for a whole batch.
 -- KEYS: the prelude layout; KEYS[24+k] is the hash of the k-th job.
 -- ARGV[2]: delay until the next poll (ms); ARGV[3..]: job ids, in the order of their hashes.
--- Only jobs this worker still holds a claim on are rescheduled (a terminal job is left alone).
+-- Only jobs still claimed are rescheduled (a terminal job, or one a callback made due meanwhile,
+-- is left alone).
 -- A job with its own 'poll_ms' (the safety poll of a job that gets callbacks) uses it, and when
 -- 'poll_backoff' is set it doubles each quiet poll, up to 16 times the first interval.
 
@@ -11,7 +12,7 @@ local delay = tonumber(ARGV[2])
 local done = 0
 for k = 3, #ARGV do
   local job = ARGV[k]
-  if redis.call('ZREM', KEYS[K_POLLING], job) == 1 then
+  if poll_claimed(job) then
     local hash = KEYS[FIXED + k - 2]
     local f = redis.call('HMGET', hash, 'poll_ms', 'poll_backoff', 'poll_errors', 'lease_until')
     local own = tonumber(f[1] or '')

@@ -78,7 +78,6 @@ end
 
 -- An active job lives on: renew its lease and set its next poll (now, when a callback's hint
 -- needs the provider's word).
-local unclaimed = source == 'submit' or source == 'callback'
 -- The lease's new expiry when this update renewed it (renew_due), recorded with the update.
 local renewed = nil
 local function renew_lease()
@@ -92,9 +91,9 @@ end
 local function keep_polling()
   renew_lease()
   if confirming then
-    schedule_poll(job, 0, unclaimed)
+    schedule_poll(job, 0)
   elseif poll_ms > 0 then
-    schedule_poll(job, poll_ms, unclaimed)
+    schedule_poll(job, poll_ms)
   end
 end
 
@@ -162,13 +161,7 @@ emit(job, new, progress, account, source)
 
 notify_app(job, RANK[new] == 3, {rec[8], rec[9], seq})
 if RANK[new] == 3 then
-  if source == 'poll' and cur == 'active' then
-    -- The poller's claim took the job off the schedule: only the claim is left to drop (a poll a
-    -- callback made due meanwhile finds the job ended and is dropped by the poller).
-    redis.call('ZREM', KEYS[K_POLLING], job)
-  else
-    unschedule(job, cur)
-  end
+  unschedule(job, cur)
   release(job)
   redis.call('EXPIRE', JOB_KEY, cfg.retention_s)
   if new == 'completed' and (ARGV[5] or '') ~= '' then
