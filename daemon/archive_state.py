@@ -5,7 +5,9 @@ write; the one link is a line in ``lua/asset_lib.lua`` that queues every recorde
 Keys (under the provider's hash tag, like the asset keys):
 
 * ``genrelay:{p}:assets:archive:queue`` zset asset id -> due (ms); a claim moves it a claim
-  lifetime ahead, a worker copying it keeps moving it, a settled outcome removes it;
+  lifetime ahead, a worker copying it keeps moving it, a retry sets it to the retry's time, a
+  settled outcome removes it. Each of those scores carries a half (``TRIED``): a whole score is an
+  asset no attempt has claimed yet, whose archive hash does not exist;
 * ``genrelay:{p}:archive:<asset id>`` hash: ``state`` (pending | archived | failed | expired),
   ``sha256``, ``bytes``, ``mime``, ``message``, ``final`` (1: no more tries), ``tries``,
   ``retry_ms``, ``archived_ms``; it expires with the asset record;
@@ -70,6 +72,10 @@ class Claim:
         return provider
 
 
+# Added to the queue score of an asset an attempt has claimed (archive_claim.lua reads its record).
+TRIED = 0.5
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -129,7 +135,7 @@ class ArchiveState:
 
     async def renew(self, claim: Claim, claim_ms: int) -> None:
         """Keep the claim while the copy goes on (XX: a settled asset is not queued again)."""
-        due = now_ms() + claim_ms
+        due = now_ms() + claim_ms + TRIED
         await self.client.zadd(queue_key(claim.provider), {claim.asset_id: due}, xx=True)
 
     async def finish(

@@ -37,7 +37,7 @@ end
 local retry = tonumber(ARGV[3])
 if retry > 0 then
   fields[#fields + 1] = 'retry_ms'; fields[#fields + 1] = retry
-  redis.call('ZADD', KEYS[1], 'XX', retry, ARGV[1])
+  redis.call('ZADD', KEYS[1], 'XX', retry + 0.5, ARGV[1])  -- the half: claimed before (archive_claim)
 else
   if had[3] then gone[#gone + 1] = 'retry_ms' end
   redis.call('ZREM', KEYS[1], ARGV[1])
