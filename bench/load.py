@@ -349,7 +349,7 @@ async def run(args: argparse.Namespace, redis_url: str, workdir: Path) -> bool:
     per_job = sum(delta.values()) / max(1, len(ids))
     top = ", ".join(f"{name} {calls / max(1, len(ids)):.1f}" for name, calls in list(delta.items())[:16])
     print(
-        f"  Redis commands per job {per_job:.0f}, of them {delta.get('evalsha', 0) / max(1, len(ids)):.1f} "
+        f"  Redis commands per job {per_job:.1f}, of them {delta.get('evalsha', 0) / max(1, len(ids)):.1f} "
         f"script calls (top: {top}, ...); provider requests "
         f"{traffic.requests}, 500s injected {injected} ({traffic.server_errors} answered)"
     )
