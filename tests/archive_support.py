@@ -1,15 +1,24 @@
-"""Helpers of the archive tests: a real S3 HTTP server (moto's server mode) on loopback, and waiting
-on the archive's events stream instead of sleeping."""
+"""Helpers of the archive tests: a worker and the web API over the emulator, a real S3 HTTP server
+(moto's server mode) on loopback, and waiting on the archive's events stream instead of sleeping."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from daemon import archive_state
+from daemon.settings import Settings
+from daemon.web.app import create_app
+from tests.conftest import Emulator
+
+API = TestClient[web.Request, web.Application]
 
 BUCKET = "genrelay-archive"
 
@@ -43,6 +52,23 @@ class S3Server:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+async def start_archive(
+    emulator: Emulator,
+    make_settings: Callable[..., Settings],
+    start_worker: Any,
+    aiohttp_client: AiohttpClient,
+    redis_url: str,
+    accounts: dict[str, Any],
+    **env: str,
+) -> tuple[Settings, API]:
+    """A worker (copy claims live 2 s) and the web API for ``accounts``; the emulator's artifact URLs
+    on its own (loopback) address."""
+    await emulator.configure(public_base=emulator.url)
+    settings = make_settings(emulator.url, accounts=accounts, GENRELAY_ARCHIVE_CLAIM_TTL="2", **env)
+    await start_worker(settings)
+    return settings, await aiohttp_client(create_app(settings, redis_url))
 
 
 def s3_server() -> Iterator[S3Server]:

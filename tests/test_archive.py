@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
@@ -21,10 +19,9 @@ from daemon import archive_state, keys
 from daemon.archive_state import ArchiveState
 from daemon.client import Client
 from daemon.settings import Settings
-from daemon.web.app import create_app
 from emulator.artifacts import content, sha256_of
 from emulator.config import EmulatorConfig
-from tests.archive_support import S3Server, archive_settled, s3_server
+from tests.archive_support import API, S3Server, archive_settled, s3_server, start_archive
 from tests.conftest import API_KEYS, USEAPI_TOKEN, VYDRA_KEYS, Emulator
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,7 +42,6 @@ WORK: dict[str, tuple[str, dict[str, Any]]] = {
     "ltxstudio": ("videos/ltx-create", {"prompt": "a fox"}),
     "vydra": ("generate_video", {"model": "veo3", "prompt": "a fox"}),
 }
-API = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
@@ -73,10 +69,9 @@ async def start(
     redis_url: str,
     **env: str,
 ) -> tuple[Settings, API]:
-    await emulator.configure(public_base=emulator.url)
-    settings = make_settings(emulator.url, accounts=ACCOUNTS, GENRELAY_ARCHIVE_CLAIM_TTL="2", **env)
-    await start_worker(settings)
-    return settings, await aiohttp_client(create_app(settings, redis_url))
+    return await start_archive(
+        emulator, make_settings, start_worker, aiohttp_client, redis_url, ACCOUNTS, **env
+    )
 
 
 async def completed_asset(

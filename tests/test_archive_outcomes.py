@@ -17,9 +17,6 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
@@ -28,13 +25,16 @@ from daemon.archive_state import ArchiveState
 from daemon.archive_store import object_path
 from daemon.client import Client
 from daemon.settings import Settings
-from daemon.web.app import create_app
 from emulator.artifacts import sha256_of
 from emulator.config import EmulatorConfig
-from tests.archive_support import archive_settled
+from tests.archive_support import API, archive_settled, start_archive
 from tests.conftest import API_KEYS, USEAPI_TOKEN, Emulator, process_env
+from tests.harness.metrics_text import Samples, parse, value
 
 pytestmark = pytest.mark.timeout(120)
+
+# The emulator's artifact URLs are on loopback.
+PRIVATE_ALLOWED = {"GENRELAY_ARCHIVE_ALLOW_PRIVATE": "1"}
 
 EMAIL = "studio@example.com"
 SIZE = 300_000
@@ -45,8 +45,6 @@ LTX_WORK = (
     {"prompt": "a fox", "model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"},
 )
 AUTH = {"Authorization": f"Bearer {USEAPI_TOKEN}"}
-API = TestClient[web.Request, web.Application]
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 ATTEMPTS = "genrelay_archive_attempts_total"
 BYTES = "genrelay_archive_bytes_total"
 OBJECTS = "genrelay_archive_objects"
@@ -71,17 +69,16 @@ async def start(
     redis_url: str,
     **env: str,
 ) -> tuple[Settings, API]:
-    """A worker and the web API; the emulator's artifact URLs on its own (loopback) address."""
-    await emulator.configure(public_base=emulator.url)
-    settings = make_settings(
-        emulator.url,
-        accounts=ACCOUNTS,
-        GENRELAY_ARCHIVE_CLAIM_TTL="2",
+    return await start_archive(
+        emulator,
+        make_settings,
+        start_worker,
+        aiohttp_client,
+        redis_url,
+        ACCOUNTS,
         GENRELAY_ARCHIVE_ALLOW_PRIVATE="1",
         **env,
     )
-    await start_worker(settings)
-    return settings, await aiohttp_client(create_app(settings, redis_url))
 
 
 async def completed_ltx_job(redis_client: aioredis.Redis, api: API) -> tuple[str, str]:
@@ -127,15 +124,7 @@ async def scrape(port: int) -> Samples:
                     break
             except aiohttp.ClientConnectorError:
                 await asyncio.sleep(0.05)
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return parse(text)
 
 
 def archive_samples(samples: Samples) -> dict[str, float]:

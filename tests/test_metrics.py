@@ -14,7 +14,6 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
 from daemon import keys
@@ -28,25 +27,12 @@ from daemon.settings import Settings
 from daemon.web.app import create_app
 from tests.conftest import API_KEYS, Emulator
 from tests.harness import slots as slot_index
+from tests.harness.metrics_text import Samples, parse, value
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 WebClient = TestClient[web.Request, web.Application]
 
 WAIT_S = 30
 T2V = {"model": "ltx-2-fast", "duration": 4, "resolution": "1920x1080"}
-
-
-def parse(text: str) -> Samples:
-    """Every sample of an exposition, keyed by name and label set."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
