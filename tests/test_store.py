@@ -156,3 +156,19 @@ async def test_the_app_is_told_at_the_end_and_on_progress_only_when_it_asked(dae
     await daemon.store.apply(quiet, Update(State.FAILED, message="x"), source="poll")
     await daemon.store.apply(quiet, Update(State.FAILED, message="x"), source="poll")  # a duplicate
     assert len(await deliveries(quiet)) == 1
+
+
+async def test_ending_the_last_pinned_job_settles_no_expired_lease_when_nobody_waits(
+    daemon: Services,
+) -> None:
+    """A release with nobody left waiting stops after its two reads (docs/slots.md): an expired lease
+    is left to the sweep, also when the job that ended was the last pinned one."""
+    await daemon.slots.set_enabled("ltx", "a2", enabled=False)
+    pinned = (await daemon.store.create(request(account="a2"))).job_id  # waits for a disabled account
+    holder = (await daemon.store.create(request())).job_id  # takes a1
+    await slot_index.expire_lease(daemon.client, "ltx", holder)
+    assert await daemon.store.apply(pinned, Update(State.CANCELED, message="x"), source="cancel") == "applied"
+    pk = keys.provider_keys("ltx")
+    assert await daemon.client.zscore(pk.leases, holder) == 1  # still there, for the sweep
+    assert await daemon.client.lrange(pk.expired, 0, -1) == []
+    assert await daemon.slots.sweep("ltx") == [holder]  # the sweep settles it

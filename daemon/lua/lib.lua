@@ -230,11 +230,12 @@ local function leave_queue(job)
   if redis.call('ZREM', KEYS[K_WAITING], job) == 1 then return true end
   local member = redis.call('HGET', KEYS[K_PINS], job)
   if not member then return false end
-  pins_waiting = true
+  pins_waiting = true  -- for the upkeep just below: the account's queue had this job
   redis.call('HDEL', KEYS[K_PINS], job)
   redis.call('ZREM', KEYS[K_PINNED], member)
   local account = string.match(member, '^(.-)\n')
   if redis.call('ZSCORE', KEYS[K_PINNED_READY], account) then refresh_pinned_ready(account) end
+  pins_waiting = nil  -- it may have been the last pinned job: counted again when asked
   return true
 end
 
