@@ -1,5 +1,5 @@
 """A per-account request budget for providers that limit requests per window (vydra: 10 req/min
-on the Free plan, docs/providers.md §3.5), shared by every process through Redis.
+on the Free plan, https://www.vydra.ai/docs/errors), shared by every process through Redis.
 
 Every request to such a provider takes one unit first (``lua/take_request.lua``, a sliding window
 per account). Callers get a share of the limit, so status polls can never crowd out submits and

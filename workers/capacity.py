@@ -1,13 +1,14 @@
 """The capacity mirror: what each provider says runs on each account, reconciled with our slots.
 
-The provider's own ``maxJobs`` is the real limit (docs/providers.md §4): Redis can lose leases, other
-clients can run jobs on the same account, and a submit whose answer was lost may still have
-started a job. So every ``GENRELAY_CAPACITY_SYNC_INTERVAL`` seconds one worker reads each account's
-running jobs (useapi ``scheduler/available``; any adapter that offers ``capacity()``) and applies
-them in one script per account (``lua/reconcile.lua``): jobs not ours count as busy slots, ours
-that the provider lists are adopted by their ref (never submitted twice) and keep their lease, and
-our leases the provider no longer runs get one status read now. A submit that may have been
-accepted asks for a sync at once and again after the grace period (``request_reconcile``).
+The provider's own ``maxJobs`` is the real limit (docs/providers.md, "What genrelay builds on these
+contracts"): Redis can lose leases, other clients can run jobs on the same account, and a submit
+whose answer was lost may still have started a job. So every ``GENRELAY_CAPACITY_SYNC_INTERVAL``
+seconds one worker reads each account's running jobs (useapi ``scheduler/available``; any adapter
+that offers ``capacity()``) and applies them in one script per account (``lua/reconcile.lua``): jobs
+not ours count as busy slots, ours that the provider lists are adopted by their ref (never submitted
+twice) and keep their lease, and our leases the provider no longer runs get one status read now. A
+submit that may have been accepted asks for a sync at once and again after the grace period
+(``request_reconcile``).
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ async def create_job(request: web.Request) -> web.Response:
 
 @routes.get("/v1/jobs/{jobId}")
 async def get_job(request: web.Request) -> web.Response:
-    """One job in useapi's status shape (docs/providers.md §1.4); 404 when unknown, malformed or expired."""
+    """One job in useapi's status shape (https://useapi.net/docs/api-ltxstudio-v1/get-ltxstudio-assets-jobId);
+    404 when unknown, malformed or expired."""
     job = await request.app[SERVICES].store.require(request.match_info["jobId"])
     return json_response(job.to_api())
 
@@ -67,8 +68,9 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.get("/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     """Jobs newest first, filtered by ``status`` and ``provider``, paged with ``page``/``limit``;
-    ``meta`` has the shape of useapi's asset listing (docs/providers.md §1.4). An empty parameter
-    counts as not given."""
+    ``meta`` has the shape of useapi's asset listing
+    (https://useapi.net/docs/api-ltxstudio-v1/get-ltxstudio-assets). An empty parameter counts as
+    not given."""
     services = request.app[SERVICES]
     query = query_params(request, allowed=("status", "provider", "page", "limit"))
     state = choice(query, "status", [state.value for state in State])
@@ -88,7 +90,8 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.get("/v1/scheduler/available")
 async def scheduler_available(request: web.Request) -> web.Response:
-    """The capacity mirror (useapi's ``GET scheduler/available``, docs/providers.md §1.5), of one
+    """The capacity mirror (useapi's ``GET scheduler/available``,
+    https://www.useapi.net/docs/api-ltxstudio-v1/get-ltxstudio-scheduler-available.html), of one
     provider or of all."""
     services = request.app[SERVICES]
     provider = configured_provider(query_params(request, allowed=("provider",)), services, missing=NotFound)

@@ -1,7 +1,8 @@
 """``GET /v1/assets`` and ``GET /v1/assets/{id}``: every finished artifact, newest first.
 
 Same bearer auth as ``/v1/jobs`` (the middleware covers ``/v1``); the query is checked as the job
-listing's is, and ``meta`` has the shape of the provider's asset listing (docs/providers.md §1.4).
+listing's is, and ``meta`` has the shape of useapi's asset listing
+(https://useapi.net/docs/api-ltxstudio-v1/get-ltxstudio-assets).
 """
 
 from __future__ import annotations
