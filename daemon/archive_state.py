@@ -176,6 +176,6 @@ class ArchiveState:
         """Queue an asset for a copy (backfill); False when it is queued already."""
         provider = keys.provider_of_asset(asset_id)
         assert provider is not None
-        due = due_ms if due_ms is not None else int(time.time() * 1000)
+        due = due_ms if due_ms is not None else now_ms()
         added = await self.client.zadd(queue_key(provider), {asset_id: due}, nx=True)
         return bool(added)

@@ -12,8 +12,8 @@
 -- An archived copy is never overwritten by a late attempt that failed. Settled outcomes are
 -- added to the events stream (what waits on them reads it), and the deliveries parked on the copy
 -- are queued again in the same step, as deliver:<job>:<seq>:archived (an id that says what to
--- run, daemon/tasks.py). The archive hash keeps the expiry
--- its claim gave it (archive_claim.lua); one that expired meanwhile takes its asset's again.
+-- run, daemon/tasks.py). The archive hash keeps the expiry its claim gave it (archive_claim.lua);
+-- one that expired meanwhile takes its asset's again.
 -- Returns the state now recorded.
 local f = cjson.decode(ARGV[2])
 local had = redis.call('HMGET', KEYS[2], 'state', 'message', 'retry_ms')
