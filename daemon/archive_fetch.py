@@ -1,12 +1,16 @@
 """One attempt at downloading an artifact into a partial file: streamed (memory stays flat
 whatever the size), through the same address guard as deliveries, capped in size, resumed with
 ``Range`` from what an earlier attempt (or a worker that died) left, and hashed with SHA-256 as the
-bytes arrive (the bytes already on disk are hashed first when resuming)."""
+bytes arrive (the bytes already on disk are hashed first when resuming). The partial file is held
+open and locked (``flock``) by its attempt from start to end: a second attempt on the same host
+finds it locked and leaves it alone."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,8 @@ from yarl import URL
 from daemon.url_guard import UrlGuard, UrlRefused
 
 CHUNK = 1024 * 1024
+# The partial file is flushed to disk every this many bytes, in a thread while the download goes on.
+FLUSH_BYTES = 8 * CHUNK
 MAX_REDIRECTS = 3
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # The provider says this URL no longer works (an expired signed URL answers 403).
@@ -42,56 +48,143 @@ class Fetched:
     resumed_from: int
 
 
-def _absorb(handle: BinaryIO, digest: hashlib._Hash, chunk: bytes) -> None:
-    handle.write(chunk)
-    digest.update(chunk)
+class _Absorber:
+    """Writes and hashes the pieces of a body in a thread (both release the GIL) while the next
+    ones arrive, one batch at a time and in order: the pieces that arrive while the thread is busy
+    wait as the next batch, which starts the moment the thread is free (nothing is held back when
+    the body pauses). The written bytes are flushed to disk in another thread as they accumulate,
+    so that the flush the archive makes before publishing a copy finds little left to write."""
+
+    def __init__(self, handle: BinaryIO, digest: hashlib._Hash) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.handle, self.digest = handle, digest
+        self.waiting: list[bytes] = []
+        self.waiting_bytes = 0
+        self.writing: asyncio.Future[int] | None = None
+        self.flushing: asyncio.Future[None] | None = None
+        self.unflushed = 0
+
+    def add(self, piece: bytes) -> None:
+        self.waiting.append(piece)
+        self.waiting_bytes += len(piece)
+        self._start()
+
+    def _start(self) -> None:
+        if not self.waiting or (self.writing is not None and not self.writing.done()):
+            return
+        batch, self.waiting, self.waiting_bytes = self.waiting, [], 0
+        self.writing = self.loop.run_in_executor(None, _absorb, self.handle, self.digest, batch)
+        self.writing.add_done_callback(self._written)
+
+    def _written(self, done: asyncio.Future[int]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return  # raised by drain()
+        self.unflushed += done.result()
+        if self.unflushed >= FLUSH_BYTES and (self.flushing is None or self.flushing.done()):
+            self.unflushed = 0
+            self.flushing = self.loop.run_in_executor(None, _flush, self.handle)
+        self._start()
+
+    async def room(self) -> None:
+        """Wait while a full batch is already waiting (memory stays bounded)."""
+        while self.waiting_bytes >= CHUNK and self.writing is not None:
+            await self.writing
+            self._start()
+
+    async def drain(self) -> None:
+        """Wait until every piece is written and every flush ended; raises what they raised."""
+        while (writing := self.writing) is not None:
+            await writing
+            if self.writing is writing and not self.waiting:
+                break
+            self._start()
+        if self.flushing is not None:
+            await self.flushing
+
+    async def settle(self) -> None:
+        """Wait for the threads without raising: the body ended badly, its error is what counts."""
+        for pending in (self.writing, self.flushing):
+            if pending is not None:
+                await asyncio.gather(pending, return_exceptions=True)
+
+
+def _absorb(handle: BinaryIO, digest: hashlib._Hash, batch: list[bytes]) -> int:
+    written = 0
+    for piece in batch:
+        handle.write(piece)
+        digest.update(piece)
+        written += len(piece)
+    return written
+
+
+def _flush(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fdatasync(handle.fileno())
 
 
 async def _stream(
     resp: aiohttp.ClientResponse, handle: BinaryIO, digest: hashlib._Hash, size: int, max_bytes: int
 ) -> int:
-    """Append the body to ``handle`` and ``digest``; the size reached. Each chunk is written and
-    hashed in a thread while the next one arrives (both release the GIL): the copy runs at the
-    speed of the slower of the two, not of their sum."""
-    loop = asyncio.get_running_loop()
-    absorbing: asyncio.Future[None] | None = None
+    """Append the body to ``handle`` and ``digest`` (see _Absorber); the size reached."""
+    absorber = _Absorber(handle, digest)
     try:
-        async for chunk in resp.content.iter_chunked(CHUNK):
-            size += len(chunk)
+        async for piece in resp.content.iter_any():
+            size += len(piece)
             if size > max_bytes:
                 raise FetchError("too_large", f"the artifact is larger than the cap of {max_bytes} bytes")
-            if absorbing is not None:
-                await absorbing
-            absorbing = loop.run_in_executor(None, _absorb, handle, digest, chunk)
+            absorber.add(piece)
+            await absorber.room()
+        await absorber.drain()
     finally:
-        if absorbing is not None:
-            await absorbing
+        await absorber.settle()
     return size
 
 
-def _hash_existing(part: Path) -> tuple[hashlib._Hash, int]:
+@dataclass(slots=True)
+class Partial:
+    """A partial file, open and locked by one attempt, with the digest of what it holds."""
+
+    path: Path
+    handle: BinaryIO
+    digest: hashlib._Hash
+    size: int
+
+    def close(self) -> None:
+        self.handle.close()  # releases the lock
+
+
+def open_partial(path: Path) -> Partial | None:
+    """Open (or create) and lock the partial file, hashing what an earlier attempt left in it;
+    None when another attempt holds it. Blocking: run it in a thread."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
     digest = hashlib.sha256()
     size = 0
-    if part.exists():
-        with part.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-    return digest, size
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return Partial(path, handle, digest, size)
 
 
 async def fetch(
     session: aiohttp.ClientSession,
     guard: UrlGuard,
     url: str,
-    part: Path,
+    partial: Partial,
     *,
     max_bytes: int,
     read_timeout: float,
+    keep_type: bool = True,
 ) -> Fetched:
-    """Download ``url`` into ``part`` (appending to what is there); raises FetchError."""
-    part.parent.mkdir(parents=True, exist_ok=True)
-    digest, offset = _hash_existing(part)
+    """Download ``url`` into ``partial`` (appending to what is there); raises FetchError.
+    ``keep_type``: keep the response's Content-Type beside the partial file, for a later attempt
+    that finds the copy already complete (not needed when the caller knows the type)."""
+    offset = partial.size
     timeout = read_timeout
     client_timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
     target = _checked(guard, url)
@@ -104,7 +197,7 @@ async def fetch(
                 if resp.status in REDIRECTS and location:
                     target = _checked(guard, target.join(URL(location)))
                     continue
-                return await _receive(resp, part, digest, offset, max_bytes)
+                return await _receive(resp, partial, max_bytes, keep_type)
     except UrlRefused as exc:
         raise FetchError("refused", f"refused: {exc.reason}") from None
     except TimeoutError:
@@ -157,29 +250,31 @@ def _start_of(resp: aiohttp.ClientResponse, part: Path, offset: int) -> int:
 
 
 async def _receive(
-    resp: aiohttp.ClientResponse, part: Path, digest: hashlib._Hash, offset: int, max_bytes: int
+    resp: aiohttp.ClientResponse, partial: Partial, max_bytes: int, keep_type: bool
 ) -> Fetched:
+    part, offset = partial.path, partial.size
     if resp.status == 416 and offset:
         total = resp.headers.get("Content-Range", "").rpartition("/")[2]
         if total.isdigit() and int(total) == offset:  # the earlier attempt had it all
-            return Fetched(digest.hexdigest(), offset, _stored_type(part), offset)
+            return Fetched(partial.digest.hexdigest(), offset, _stored_type(part), offset)
         discard(part)
         raise FetchError("transient", "the partial copy no longer matches; starting over")
     start = _start_of(resp, part, offset)
     mime = resp.headers.get("Content-Type", "").split(";")[0].strip()
-    if not start:
-        digest = hashlib.sha256()
+    digest = partial.digest if start else hashlib.sha256()
     length = resp.content_length
     if length is not None and start + length > max_bytes:
         discard(part)
         raise FetchError("too_large", f"the artifact has {start + length} bytes, over the cap of {max_bytes}")
+    handle = partial.handle
     try:
-        if mime:
-            _type_file(part).write_text(mime)
-        with open(part, "r+b" if start else "wb") as handle:  # noqa: ASYNC230 (writes go to a thread)
-            handle.seek(start)
+        if mime and keep_type:
+            await asyncio.to_thread(_type_file(part).write_text, mime)
+        handle.seek(start)
+        if start != offset:
             handle.truncate()
-            size = await _stream(resp, handle, digest, start, max_bytes)
+        size = await _stream(resp, handle, digest, start, max_bytes)
+        handle.flush()  # the backend reads the file by its path
     except FetchError:
         discard(part)
         raise

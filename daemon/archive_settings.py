@@ -97,7 +97,7 @@ class ArchiveSettings:
             retention=reader.number("ARCHIVE_RETENTION", 2592000.0),
             max_tries=reader.integer("ARCHIVE_MAX_TRIES", 12, low=1),
             claim_ttl=reader.number("ARCHIVE_CLAIM_TTL", 30.0),
-            concurrency=reader.integer("ARCHIVE_CONCURRENCY", 4, low=1),
+            concurrency=reader.integer("ARCHIVE_CONCURRENCY", 16, low=1),
             notify=reader.choice("ARCHIVE_NOTIFY", "after-notify", NOTIFY_MODES),
             s3_redirect=reader.flag("ARCHIVE_S3_REDIRECT", False),
         )

@@ -29,9 +29,8 @@ class StorageError(Exception):
 
 class ArchiveBackend(Protocol):
     async def put(self, part: Path, sha256: str, mime: str) -> None:
-        """Store the complete file ``part`` as the object ``sha256``; ``part`` is consumed."""
-
-    async def exists(self, sha256: str) -> bool: ...
+        """Store the complete file ``part`` as the object ``sha256`` (nothing to do when the object
+        is there already: the same hash is the same bytes); ``part`` is consumed."""
 
     def read(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive) of the object."""
@@ -59,6 +58,9 @@ class LocalBackend:
     @staticmethod
     def _put(part: Path, target: Path) -> None:
         try:
+            if target.is_file():
+                part.unlink(missing_ok=True)
+                return
             target.parent.mkdir(parents=True, exist_ok=True)
             with part.open("rb") as handle:
                 os.fsync(handle.fileno())
@@ -70,9 +72,6 @@ class LocalBackend:
                 os.close(directory)
         except OSError as exc:
             raise StorageError(f"cannot write the archive directory: {exc.strerror or exc}") from exc
-
-    async def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
 
     async def read(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
         with self.path(sha256).open("rb") as handle:
@@ -118,6 +117,9 @@ class S3Backend:
     async def put(self, part: Path, sha256: str, mime: str) -> None:
         import obstore
 
+        if await self._exists(sha256):
+            await asyncio.to_thread(part.unlink, missing_ok=True)
+            return
         try:
             # Multipart above 8 MiB, two parts in flight: memory stays flat whatever the size.
             await obstore.put_async(
@@ -132,13 +134,15 @@ class S3Backend:
             raise StorageError(f"the bucket refused the object: {type(exc).__name__}: {exc}") from exc
         await asyncio.to_thread(part.unlink, missing_ok=True)
 
-    async def exists(self, sha256: str) -> bool:
+    async def _exists(self, sha256: str) -> bool:
         import obstore
 
         try:
             await obstore.head_async(self.store, object_path(sha256))
         except FileNotFoundError:
             return False
+        except Exception as exc:  # obstore raises its own classes, one per store error
+            raise StorageError(f"the bucket cannot be read: {type(exc).__name__}: {exc}") from exc
         return True
 
     async def read(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:

@@ -71,7 +71,7 @@ async def test_sigkilled_download_resumes_and_no_partial_is_served(
     resp = await api.get(f"/v1/assets/{asset_id}/content")
     assert resp.status == 404
     asset = await (await api.get(f"/v1/assets/{asset_id}")).json()
-    assert asset["archive"]["state"] == "pending"
+    assert asset["archive"]["state"] == "pending", asset["archive"]["message"]
     assert settings.archive.directory is not None
     assert not list((settings.archive.directory / "objects").rglob("*"))
     os.kill(first.pid, signal.SIGKILL)

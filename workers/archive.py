@@ -7,7 +7,7 @@ each outcome (``lua/archive_finish.lua``). An attempt downloads into a partial f
 staging directory (``daemon/archive_fetch.py``), then hands the complete file to the backend and
 only then writes the record. The partial file is kept across failures and crashes, so the next
 attempt, in this worker or the next one started on the host, resumes it with ``Range``; a lock on
-it keeps two attempts apart.
+it (held while its attempt runs) keeps two attempts apart.
 
 Outcomes: ``archived``; ``failed`` for good (refused address, over the size cap, out of tries);
 ``failed`` and retried (the disk or bucket refused the write); ``pending`` and retried (network,
@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
 
-from daemon.archive_fetch import FetchError, discard, fetch
+from daemon.archive_fetch import FetchError, Partial, discard, fetch, open_partial
 from daemon.archive_metrics import record_outcome, set_usage
 from daemon.archive_state import ArchiveState, Claim
 from daemon.archive_store import ArchiveBackend, StorageError, open_backend
@@ -40,7 +37,10 @@ from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("genrelay.archive")
 
-# Longest wait between looks at the archive queues (a copy waits about half of it to start).
+# Wait between looks at the archive queues: MIN_IDLE_S after a look that found copies to start
+# (a burst of completions is still arriving), doubling after each look that found none, up to
+# MAX_IDLE_S (a copy of a lone completion waits about half of it to start).
+MIN_IDLE_S = 0.02
 MAX_IDLE_S = 0.5
 # Retries of a copy back off from 2 s up to 5 min (with jitter): a URL that keeps failing costs little.
 RETRY_BASE_S = 2.0
@@ -73,37 +73,40 @@ class Archiver:
         stopping = self.runtime.stopping
         providers = self.settings.providers()
         next_expiry = 0.0
+        idle_s = MAX_IDLE_S
         try:
             while not stopping.is_set():
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + min(EXPIRY_INTERVAL_S, self.config.retention / 2)
                     await self.expire()
-                more_due = False
+                more_due = found = False
                 for provider in providers:
                     free = self.config.concurrency - len(self.in_flight)
                     if free <= 0:
                         break
                     claims = await self.state.claim(provider, free, self.claim_ms, self.asset_retention_ms)
                     more_due = more_due or len(claims) == free
+                    found = found or bool(claims)
                     for claim in claims:
                         task = asyncio.create_task(self.archive(claim))
                         self.in_flight.add(task)
                         task.add_done_callback(self.in_flight.discard)
+                idle_s = MIN_IDLE_S if found else min(idle_s * 2, MAX_IDLE_S)
                 full = len(self.in_flight) >= self.config.concurrency
                 if full or not more_due:
-                    await self._pause(full)
+                    await self._pause(full, idle_s)
         finally:
             for task in self.in_flight:
                 task.cancel()
             await asyncio.gather(*self.in_flight, return_exceptions=True)
             await self.session.close()
 
-    async def _pause(self, full: bool) -> None:
+    async def _pause(self, full: bool, idle_s: float) -> None:
         """Between looks at the queues. Full: until half the copies ended (or MAX_IDLE_S). Every
-        queue drained: MAX_IDLE_S. Either way the next look takes what came meanwhile in one claim,
+        queue drained: ``idle_s``. Either way the next look takes what came meanwhile in one claim,
         not one claim per copy."""
         stopping = self.runtime.stopping
-        deadline = time.monotonic() + MAX_IDLE_S
+        deadline = time.monotonic() + (MAX_IDLE_S if full else idle_s)
         refill_at = self.config.concurrency // 2
         stop = asyncio.ensure_future(stopping.wait())
         try:
@@ -128,32 +131,39 @@ class Archiver:
     async def archive(self, claim: Claim) -> None:
         part = self.config.staging_dir / f"{claim.asset_id}.part"
         try:
-            with _locked(part) as locked:
-                if not locked:
-                    return  # another attempt on this host holds it; its claim renewals keep it
-                renewing = asyncio.create_task(self._renew(claim))
-                try:
-                    await self._attempt(claim, part)
-                finally:
-                    renewing.cancel()
+            try:
+                partial = await asyncio.to_thread(open_partial, part)
+            except OSError as exc:
+                await self._retry(claim, "failed", f"cannot open the partial copy: {exc.strerror or exc}")
+                return
+            if partial is None:
+                return  # another attempt on this host holds it; its claim renewals keep it
+            renewing = asyncio.create_task(self._renew(claim))
+            try:
+                await self._attempt(claim, partial)
+            finally:
+                renewing.cancel()
+                partial.close()
         except Exception:
             log.exception("archive attempt crashed", asset_id=claim.asset_id)
 
-    async def _attempt(self, claim: Claim, part: Path) -> None:
+    async def _attempt(self, claim: Claim, partial: Partial) -> None:
         config = self.config
+        part = partial.path
         try:
             fetched = await fetch(
                 self.session,
                 self.guard,
                 claim.url,
-                part,
+                partial,
                 max_bytes=config.max_bytes,
                 read_timeout=config.timeout,
+                keep_type=not claim.mime,
             )
             mime = claim.mime or fetched.mime or FALLBACK_MIME
-            if not await self.backend.exists(fetched.sha256):
-                await self.backend.put(part, fetched.sha256, mime)
-            discard(part)
+            await self.backend.put(part, fetched.sha256, mime)
+            if not claim.mime:
+                await asyncio.to_thread(discard, part)  # the Content-Type kept beside it
         except StorageError as exc:
             await self._retry(claim, "failed", exc.args[0] if exc.args else str(exc))
             return
@@ -208,24 +218,6 @@ class Archiver:
 
 def _past(expires_ms: int | None) -> bool:
     return expires_ms is not None and expires_ms <= time.time() * 1000
-
-
-@contextlib.contextmanager
-def _locked(part: Path) -> Iterator[bool]:
-    part.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = part.with_suffix(".lock")
-    with lock_path.open("a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            if not part.exists():
-                lock_path.unlink(missing_ok=True)
 
 
 async def archive_forever(runtime: WorkerRuntime) -> None:
