@@ -68,6 +68,7 @@ async def run_import(
 
     from daemon.asset_import import find_account, import_assets, listing_provider
     from daemon.assets import AssetStore
+    from daemon.request_budget import RequestBudget, attach
     from daemon.services import open_services
 
     account = find_account(settings, name, provider)
@@ -80,6 +81,8 @@ async def run_import(
     try:
         store = AssetStore(services.client, services.scripts, settings)
         async with aiohttp.ClientSession() as session:
+            # The listing's requests take from the accounts' request budgets, like the workers' do.
+            attach(session, RequestBudget(services.client, services.scripts))
             summary = await import_assets(
                 store, session, account, page_size=page_size, max_pages=max_pages, progress=note
             )
