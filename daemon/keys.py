@@ -225,3 +225,10 @@ def request_budget_key(provider: str, account: str) -> str:
     """zset of the requests one account made in its provider's rate window: request id -> taken
     (ms, Redis server clock); see ``lua/take_request.lua``."""
     return f"{tag(provider)}:budget:{account}"
+
+
+def request_limit_key(provider: str, account: str) -> str:
+    """string: the requests per window the provider last said the account may make (vydra's
+    ``X-RateLimit-Limit`` or ``/account/rate-limits``), shared by every process; expires, so a plan
+    that stops being reported falls back to the default. See ``lua/take_request.lua``."""
+    return f"{tag(provider)}:budget-limit:{account}"

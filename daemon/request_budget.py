@@ -9,6 +9,10 @@ answer like a provider 429 (the submit path cools the account down and requeues 
 
 The budget travels with the process's provider session (``attach``): adapters receive the session
 on every call, and providers without a budget never look it up, so they pay nothing for it.
+The limit comes from the accounts file when it says, else from the provider itself: vydra reports
+an account's plan limit on every answer (``X-RateLimit-Limit``) and at ``/account/rate-limits``;
+``learn`` keeps it in Redis, where the take script reads it, so every process uses a plan from the
+first answer any of them got.
 The daemon keeps a margin under the provider's own limit: one request of headroom and a slightly
 longer window, because a request taken here reaches the provider a little later, and the
 provider counts it then.
@@ -20,6 +24,7 @@ import hashlib
 import math
 import os
 import random
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -39,6 +44,8 @@ WINDOW_PADDING = 0.05  # the daemon's window is this much longer than the provid
 MIN_WINDOW_PADDING_S = 0.5  # ... and at least this much
 # Requests that may wait for budget wait at most this long before giving up like a 429.
 MAX_WAIT_S = 2.0
+# A limit a provider reported is kept this long after it was last reported (renewed by use).
+LEARNT_LIMIT_TTL_S = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +81,44 @@ class BudgetExhausted(ProviderError):
 
 
 class RequestBudget:
-    """Takes units from the accounts' shared windows in Redis."""
+    """Takes units from the accounts' shared windows in Redis, and keeps the limits providers
+    report there for every process (``learn``)."""
 
     def __init__(self, client: aioredis.Redis, scripts: Scripts) -> None:
         self.client = client
         self.scripts = scripts
+        # (provider, account) -> (the limit this process last stored, when): what needs no write.
+        self._stored: dict[tuple[str, str], tuple[int, float]] = {}
 
-    async def take(self, provider: str, account: str, limit: RequestLimit, share: float) -> float:
-        """Take one request; 0.0 when taken, else the seconds until there is room for this share."""
-        wait_ms = await self.scripts.take_request(
-            keys=[keys.request_budget_key(provider, account)],
-            args=[limit.window_ms(), limit.allowed(share), os.urandom(8).hex()],
-        )
+    async def take(
+        self, provider: str, account: str, limit: RequestLimit, share: float, *, learnt: bool = False
+    ) -> float:
+        """Take one request; 0.0 when taken, else the seconds until there is room for this share.
+        ``learnt``: a limit the provider reported for the account (``learn``) replaces
+        ``limit.requests`` (``limit`` is then only the default until one is reported)."""
+        budget_keys = [keys.request_budget_key(provider, account), keys.request_limit_key(provider, account)]
+        reported_share = repr(share) if learnt else ""
+        args = [limit.window_ms(), limit.allowed(share), os.urandom(8).hex(), reported_share]
+        wait_ms = await self.scripts.take_request(keys=budget_keys, args=args)
         return int(wait_ms) / 1000
+
+    async def learn(self, provider: str, account: str, requests: int) -> None:
+        """Keep the limit per window the provider reported for ``account`` (from its answers'
+        headers or its limits endpoint) for every process; written when it changes, and renewed
+        well before it expires."""
+        if requests < 1:
+            return
+        now = time.monotonic()
+        stored = self._stored.get((provider, account))
+        if stored is not None and stored[0] == requests and now - stored[1] < LEARNT_LIMIT_TTL_S / 4:
+            return
+        self._stored[(provider, account)] = (requests, now)
+        await self.client.set(keys.request_limit_key(provider, account), requests, ex=LEARNT_LIMIT_TTL_S)
+
+    async def learnt(self, provider: str, account: str) -> int | None:
+        """The limit per window last reported for ``account``, if any."""
+        value = await self.client.get(keys.request_limit_key(provider, account))
+        return int(value) if value is not None and str(value).isdigit() else None
 
     async def postpone_poll(self, provider: str, job_id: str, exhausted: BudgetExhausted) -> None:
         """Make a claimed poll due again when the budget has room, plus some jitter (so the

@@ -44,6 +44,6 @@ async def test_import_assets_requests_are_taken_from_the_request_budget(
     assert "vydra account v1" in out.decode(), out.decode()
     stats: dict[str, Any] = await emulator.stats()
     served = stats["vydra"]["accounts"][VYDRA_KEYS["v1"]]["requests"]
-    assert served >= 2  # the plan's limits, then the listing
+    assert served >= 1  # the listing
     taken = await redis_client.zcard(keys.request_budget_key("vydra", "v1"))
     assert taken == served

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -149,17 +149,19 @@ async def request_json(
     account: Account,
     classify: Any,
     json_body: Any = None,
+    seen: Callable[[Mapping[str, str]], None] | None = None,
 ) -> tuple[int, Any]:
     """One JSON request; network failures become retryable ``ProviderError``s.
 
-    ``classify(status, body, headers)`` raises a ``ProviderError`` for error answers. Every request
-    is counted and timed by the status it got ('error' when no answer came).
+    ``classify(status, body, headers)`` raises a ``ProviderError`` for error answers; ``seen``, when
+    given, gets the headers of every answer first (errors included). Every request is counted and
+    timed by the status it got ('error' when no answer came).
     """
     started = time.perf_counter()
     status = "error"
     try:
         answer = await _request_json(
-            session, method, url, account=account, classify=classify, json_body=json_body
+            session, method, url, account=account, classify=classify, json_body=json_body, seen=seen
         )
         status = str(answer[0])
         return answer
@@ -178,6 +180,7 @@ async def _request_json(
     account: Account,
     classify: Any,
     json_body: Any,
+    seen: Callable[[Mapping[str, str]], None] | None,
 ) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {account.api_key}", "User-Agent": USER_AGENT}
     data = None if json_body is None else orjson.dumps(json_body)
@@ -187,6 +190,8 @@ async def _request_json(
         async with session.request(method, url, data=data, headers=headers, timeout=REQUEST_TIMEOUT) as resp:
             raw = await resp.read()
             body = _decode(raw)
+            if seen is not None:
+                seen(resp.headers)
             if resp.status >= 300:
                 classify(resp.status, body, resp.headers)
             return resp.status, body

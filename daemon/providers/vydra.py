@@ -8,8 +8,9 @@ query parameter and the body is only a hint (the status read decides).
 
 vydra limits requests per minute per account (Free plan: 10), so every request takes one unit of
 the account's shared request budget first (``daemon/request_budget.py``). The limit comes from
-the accounts file (``requests_per_minute``, ``rate_window_seconds``) or from vydra's own
-``GET /account/rate-limits``, read once per process; the Free plan's is assumed until then.
+the accounts file (``requests_per_minute``, ``rate_window_seconds``) or from vydra itself: the
+``X-RateLimit-Limit`` header of every answer and ``GET /account/rate-limits`` (read at each
+capacity sync), kept in Redis for every process; the Free plan's is assumed until vydra says.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ STOP_ACCOUNT_STATUSES = frozenset({401, 402, 403})
 FAILED_STATUSES = frozenset({"failed", "error", "cancelled", "canceled"})
 # The Free plan's limit, assumed until the account's own is known (https://www.vydra.ai/docs/rate-limits).
 FREE_PLAN_LIMIT = RequestLimit(10, 60.0)
-LIMIT_RECHECK_S = 300.0  # a failed read of /account/rate-limits is tried again after this
 LISTING_PAGE = 100
 MAX_LISTING_PAGES = 20
 URL_KEYS = ("videoUrl", "imageUrl", "audioUrl", "url")
@@ -221,8 +221,8 @@ class VydraProvider:
     operations: frozenset[str] = WorkflowSlugs(WORKFLOWS)
 
     def __init__(self) -> None:
-        # Per process: (base URL, account) -> (limit, max jobs, when read) from /account/rate-limits.
-        self._learnt: dict[tuple[str, str], tuple[RequestLimit | None, int | None, float]] = {}
+        # Per process: (base URL, account) -> the concurrent cap /account/rate-limits last gave.
+        self._max_jobs: dict[tuple[str, str], int] = {}
 
     # -- the Provider protocol -------------------------------------------------------------
 
@@ -298,8 +298,7 @@ class VydraProvider:
                         )
                 if len(entries) < LISTING_PAGE:
                     break
-        _, max_jobs = await self._limits(session, account, refresh=True)
-        return ProviderCapacity(executing=tuple(running), max_jobs=max_jobs)
+        return ProviderCapacity(executing=tuple(running), max_jobs=await self._limits(session, account))
 
     async def list_assets(
         self,
@@ -357,57 +356,71 @@ class VydraProvider:
     ) -> tuple[int, Any]:
         """One request, after taking a unit of the account's request budget. With ``wait`` it
         waits up to ``MAX_WAIT_S`` for one, then answers like vydra's 429; without, it raises
-        ``BudgetExhausted`` at once (a poll is postponed instead)."""
+        ``BudgetExhausted`` at once (a poll is postponed instead). The plan limit every answer
+        reports (``X-RateLimit-Limit``) is kept for every process's next take."""
         budget = budget_of(session)
+        reported: list[int] = []
         if budget is not None:
-            limit = await self._request_limit(session, account)
+            limit, learnt = self._request_limit(account)
             deadline = time.monotonic() + MAX_WAIT_S
-            while (left := await budget.take(self.name, account.name, limit, share)) > 0:
+            while (left := await budget.take(self.name, account.name, limit, share, learnt=learnt)) > 0:
                 if not wait or time.monotonic() + left > deadline:
                     if not wait:
                         raise BudgetExhausted(self.name, account.name, left, limit.window_s)
                     raise ProviderError(
                         f"vydra account {account.name}: request budget used up for {left:.1f} s "
-                        f"({limit.requests} requests per {limit.window_s:g} s)",
+                        f"(the plan's requests per {limit.window_s:g} s)",
                         action=ProviderAction.RETRY,
                         status=429,
                         retry_after=left,
                     )
                 await asyncio.sleep(left)
         url = f"{account.base_url}/api/v1/{path}"
-        return await request_json(
-            session, method, url, account=account, classify=classify, json_body=json_body
-        )
-
-    async def _request_limit(self, session: aiohttp.ClientSession, account: Account) -> RequestLimit:
-        if account.requests_per_minute is not None:
-            return RequestLimit(account.requests_per_minute, account.rate_window_seconds or 60.0)
-        limit, _ = await self._limits(session, account, refresh=False)
-        return limit or FREE_PLAN_LIMIT
-
-    async def _limits(
-        self, session: aiohttp.ClientSession, account: Account, *, refresh: bool
-    ) -> tuple[RequestLimit | None, int | None]:
-        """The account's plan limits from ``GET /account/rate-limits``, read once per process
-        (again when ``refresh``, or after a failed read); (None, None) when vydra did not say."""
-        key = (account.base_url, account.name)
-        known = self._learnt.get(key)
-        if known is not None and not refresh and (known[0] is not None or time.time() < known[2]):
-            return known[0], known[1]
-        # Marked first, so the read below (which takes budget itself) does not come back here.
-        self._learnt[key] = (
-            known[0] if known else None,
-            known[1] if known else None,
-            time.time() + LIMIT_RECHECK_S,
-        )
         try:
-            _, body = await self._call(session, account, "GET", "account/rate-limits", POLL_SHARE)
-        except ProviderError:
-            return (known[0], known[1]) if known else (None, None)
+            return await request_json(
+                session,
+                method,
+                url,
+                account=account,
+                classify=classify,
+                json_body=json_body,
+                seen=lambda headers: _reported_limit(headers, reported),
+            )
+        finally:
+            if budget is not None and reported and account.requests_per_minute is None:
+                await budget.learn(self.name, account.name, reported[0])
+
+    def _request_limit(self, account: Account) -> tuple[RequestLimit, bool]:
+        """(the limit to take with, whether a limit vydra reported replaces it): the accounts
+        file's when it sets one, else the Free plan's until vydra reports the account's own."""
+        window = account.rate_window_seconds or FREE_PLAN_LIMIT.window_s
+        if account.requests_per_minute is not None:
+            return RequestLimit(account.requests_per_minute, window), False
+        return RequestLimit(FREE_PLAN_LIMIT.requests, window), True
+
+    async def _limits(self, session: aiohttp.ClientSession, account: Account) -> int | None:
+        """The account's ``concurrent`` cap from ``GET /account/rate-limits`` (None when vydra did
+        not say); its ``rpm`` is kept as the account's request limit. The read takes from the
+        budget it reports on without waiting and with the full share, so it is never starved by
+        the polls: when the window is full it is skipped, and the answers' headers report the
+        limit meanwhile."""
+        key = (account.base_url, account.name)
+        try:
+            _, body = await self._call(session, account, "GET", "account/rate-limits", FULL_SHARE, wait=False)
+        except (ProviderError, BudgetExhausted):
+            return self._max_jobs.get(key)
         limits = body.get("limits") if isinstance(body, dict) else None
         limits = limits if isinstance(limits, dict) else {}
         rpm, concurrent = _number(limits.get("rpm")), _number(limits.get("concurrent"))
-        limit = RequestLimit(int(rpm), 60.0) if rpm and rpm >= 1 else None
-        max_jobs = int(concurrent) if concurrent is not None and concurrent >= 0 else None
-        self._learnt[key] = (limit, max_jobs, time.time() + LIMIT_RECHECK_S)
-        return limit, max_jobs
+        budget = budget_of(session)
+        if budget is not None and rpm is not None and rpm >= 1 and account.requests_per_minute is None:
+            await budget.learn(self.name, account.name, int(rpm))
+        if concurrent is not None and concurrent >= 0:
+            self._max_jobs[key] = int(concurrent)
+        return self._max_jobs.get(key)
+
+
+def _reported_limit(headers: Mapping[str, str], into: list[int]) -> None:
+    value = headers.get("X-RateLimit-Limit", "")
+    if value.isdigit() and int(value) >= 1:
+        into.append(int(value))
