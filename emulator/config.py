@@ -43,7 +43,7 @@ VYDRA_PLANS: dict[str, dict[str, int]] = {
     # "custom" in the table; [I] a generous stand-in
     "enterprise": {"rpm": 600, "rph": 20000, "rpd": 200000, "concurrent": 50},
 }
-VYDRA_ACCOUNT_FIELDS = frozenset({"plan", "rpm", "concurrent", "credits"})
+VYDRA_ACCOUNT_FIELDS = frozenset({"plan", "rpm", "rph", "rpd", "concurrent", "credits", "organization"})
 VYDRA_STATUS_SHAPES = frozenset({"documented", "models"})
 VYDRA_KEY_PATTERN = re.compile(r"^vydra_live_user_[A-Za-z0-9]+_[A-Za-z0-9]+$")
 
@@ -89,11 +89,14 @@ class EmulatorConfig:
     # completion callback): useapi warns that status and artifact can be out of sync
     # (docs/providers.md §1.4).
     completed_without_artifact_reads: int = 0
-    # vydra.ai: API key -> {plan (free|starter|creator|enterprise, default free), rpm, concurrent
-    # (override the plan's), credits (default 100000)}.
+    # vydra.ai: API key -> {plan (free|starter|creator|enterprise, default free), rpm, rph, rpd,
+    # concurrent (override the plan's), credits (default 100000), organization (the id of the
+    # organisation the key belongs to, default one per user id: keys of one organisation share
+    # its request windows)}.
     vydra_accounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The sliding window of vydra's request limit: the plan's rpm counts per this many seconds
-    # (60 as documented; tests use a short window).
+    # (60 as documented; tests use a short window); the hour and day windows scale with it (60 and
+    # 1440 of it).
     vydra_rate_window_seconds: float = 60.0
     # How a vydra job status reads: "documented" (``id``, ``output{url, videoUrl|imageUrl}``,
     # ``error`` text) or "models" (the /models route's ``jobId``, ``videoUrl``, ``error{message,
@@ -169,9 +172,12 @@ def check_vydra_account(key: str, account: Mapping[str, Any]) -> None:
     plan = account.get("plan", "free")
     if plan not in VYDRA_PLANS:
         raise ValueError(f"vydra plan must be one of {', '.join(VYDRA_PLANS)}")
-    for name, minimum in (("rpm", 1), ("concurrent", 0), ("credits", 0)):
+    for name, minimum in (("rpm", 1), ("rph", 1), ("rpd", 1), ("concurrent", 0), ("credits", 0)):
         if name in account:
             _check_int(name, account[name], minimum)
+    organization = account.get("organization")
+    if organization is not None and (not isinstance(organization, str) or not organization):
+        raise ValueError("organization must be a non-empty string")
 
 
 def _check_vydra_accounts(accounts: Mapping[str, Mapping[str, Any]]) -> None:

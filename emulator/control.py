@@ -88,7 +88,8 @@ async def register_useapi_account(request: web.Request) -> web.Response:
 
 
 async def register_vydra_account(request: web.Request) -> web.Response:
-    """Add a vydra account ``{key, plan?, rpm?, concurrent?, credits?}``, or change it."""
+    """Add a vydra account ``{key, plan?, rpm?, rph?, rpd?, concurrent?, credits?, organization?}``,
+    or change it."""
     body = await read_object(request)
     key = body.pop("key", None)
     if not isinstance(key, str) or not key:

@@ -24,7 +24,6 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from emulator.config import VYDRA_PLANS
 from emulator.ltx_state import iso_utc
 from emulator.responses import ApiError, decode_object, default_message, json_response
 from emulator.vydra_state import VYDRA_KEY, WORKFLOWS, VydraAccount, VydraJob, VydraState, describe_failure
@@ -106,15 +105,17 @@ def authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.Res
     async def wrapped(request: web.Request) -> web.Response:
         vydra = request.app[VYDRA_KEY]
         account = authenticate(request, vydra)
-        accepted, used, reset_wall = vydra.admit(account)
+        accepted, used, reset_wall, refused = vydra.admit(account)
         headers = {
             "X-RateLimit-Limit": str(account.rpm),
             "X-RateLimit-Remaining": str(max(0, account.rpm - used)),
             "X-RateLimit-Reset": str(int(reset_wall + 0.999)),
         }
         if not accepted:
-            retry = vydra.retry_after(account)
-            limits = {"type": "minute", "limit": account.rpm, "used": used}
+            retry = vydra.retry_after(account, refused)
+            limit = {"minute": account.rpm, "hour": account.rph, "day": account.rpd}[refused]
+            usage = vydra.usage(account)[refused]["used"]
+            limits = {"type": refused, "limit": limit, "used": usage + 1 if refused == "minute" else usage}
             raise VydraError(
                 429,
                 "Rate limit exceeded",
@@ -346,8 +347,7 @@ async def get_asset(request: web.Request, vydra: VydraState, account: VydraAccou
 
 
 async def rate_limits(request: web.Request, vydra: VydraState, account: VydraAccount) -> web.Response:
-    plan = VYDRA_PLANS[account.plan]
-    limits = {"rpm": account.rpm, "rph": plan["rph"], "rpd": plan["rpd"], "concurrent": account.concurrent}
+    limits = {"rpm": account.rpm, "rph": account.rph, "rpd": account.rpd, "concurrent": account.concurrent}
     body = {
         "plan": account.plan,
         "limits": limits,
@@ -359,10 +359,9 @@ async def rate_limits(request: web.Request, vydra: VydraState, account: VydraAcc
 
 async def organization(request: web.Request, vydra: VydraState, account: VydraAccount) -> web.Response:
     vydra.settle(account)
-    user = account.key.removeprefix("vydra_live_user_").split("_")[0]
     body = {
-        "id": f"org_{user}",
-        "name": f"Organization {user}",
+        "id": account.organization,
+        "name": f"Organization {account.organization.removeprefix('org_')}",
         "plan": account.plan,
         "creditsRemaining": account.credits,
     }

@@ -4,8 +4,10 @@ jobs, assets, and the webhooks jobs will get (docs/providers.md §3; assets §3.
 A job's status is a pure function of its start, duration and fate on the emulator clock (as in the
 other contracts), so reads, listings and webhooks agree. Choices where the documents are silent [I]:
 
-* the request limit is a sliding window of ``vydra_rate_window_seconds`` over the requests it
-  accepted (a refused request is not counted, so a client that waits recovers);
+* the request limits are sliding windows over the requests accepted (a refused request is not
+  counted, so a client that waits recovers): ``vydra_rate_window_seconds`` for the minute, 60 and
+  1440 times it for the hour and the day; they are the organisation's, shared by its keys (vydra:
+  limits are per organisation), each key's plan limits applied to them;
 * the concurrent-jobs cap counts jobs submitted and not yet ended or cancelled;
 * credits are charged at submit and refunded when the job fails or is cancelled;
 * cancel (``DELETE /jobs/{id}``) ends a running job at once as ``cancelled``, frees its slot,
@@ -17,6 +19,7 @@ other contracts), so reads, listings and webhooks agree. Choices where the docum
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import time
@@ -35,8 +38,9 @@ from emulator.webhooks import Delivery, WebhookDispatcher
 
 DEFAULT_CREDITS = 100_000
 PENDING_FRACTION = 0.1
-HOUR_S = 3600.0
-DAY_S = 86400.0
+# The hour and the day, in minutes: their windows scale with the minute's.
+HOUR_MINUTES = 60
+DAY_MINUTES = 1440
 PROGRESS_FRACTIONS = (0.0, 0.5)
 STALE_FRACTION = 0.5  # the reorder knob replays the job as it was half way, after the end
 
@@ -110,22 +114,34 @@ class VydraJob:
 
 
 @dataclass(slots=True)
+class RequestWindows:
+    """An organisation's accepted requests: of the last minute, and of the last day."""
+
+    minute: deque[float] = field(default_factory=deque)
+    day: deque[float] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
 class VydraAccount:
     key: str
     plan: str
     rpm: int
+    rph: int
+    rpd: int
     concurrent: int
     credits: int
+    organization: str
+    windows: RequestWindows = field(default_factory=RequestWindows)
     peak: int = 0
     submitted: int = 0
     rejected_rate: int = 0
+    rejected_rate_hour: int = 0
+    rejected_rate_day: int = 0
     rejected_concurrent: int = 0
     polls: int = 0
     requests: int = 0
     max_requests_in_window: int = 0
     cancelled: int = 0
-    window: deque[float] = field(default_factory=deque)  # accepted requests in the rate window
-    history: deque[float] = field(default_factory=deque)  # accepted requests of the last day
     live: dict[str, VydraJob] = field(default_factory=dict)  # submitted, not yet ended
     unsettled: dict[str, VydraJob] = field(default_factory=dict)  # charged; refund if it fails
     assets: list[dict[str, Any]] = field(default_factory=list)  # oldest first
@@ -143,8 +159,11 @@ class VydraAccount:
             "executing": self.executing(now),
             "peak": self.peak,
             "submitted": self.submitted,
+            "organization": self.organization,
             "rejected_429": self.rejected_rate + self.rejected_concurrent,
             "rejected_429_rate": self.rejected_rate,
+            "rejected_429_rate_hour": self.rejected_rate_hour,
+            "rejected_429_rate_day": self.rejected_rate_day,
             "rejected_429_concurrent": self.rejected_concurrent,
             "polls": self.polls,
             "requests": self.requests,
@@ -185,53 +204,78 @@ class VydraState:
     def register(self, key: str, spec: dict[str, Any]) -> VydraAccount:
         """Add an account or change its plan, limits or credits."""
         account = self.accounts.get(key)
-        fresh = _account(key, spec)
+        fresh = self._joined(_account(key, spec))
         if account is None:
             self.accounts[key] = fresh
             return fresh
-        for name in ("plan", "rpm", "concurrent"):
+        for name in ("plan", "rpm", "rph", "rpd", "concurrent", "organization", "windows"):
             setattr(account, name, getattr(fresh, name))
         if "credits" in spec:
             account.credits = fresh.credits
         return account
 
-    def admit(self, account: VydraAccount) -> tuple[bool, int, float]:
-        """Count one request against the key's sliding window: (accepted, used, reset at wall
-        seconds). A refused request is not counted."""
-        now = self.now()
-        window = self.config.vydra_rate_window_seconds
-        while account.window and account.window[0] <= now - window:
-            account.window.popleft()
-        while account.history and account.history[0] <= now - DAY_S:
-            account.history.popleft()
-        accepted = len(account.window) < account.rpm
-        if accepted:
-            account.window.append(now)
-            account.history.append(now)
-            account.requests += 1
-            account.max_requests_in_window = max(account.max_requests_in_window, len(account.window))
-        else:
-            account.rejected_rate += 1
-        oldest = account.window[0] if account.window else now
-        reset_wall = time.time() + (oldest + window - now)
-        used = len(account.window) if accepted else len(account.window) + 1
-        return accepted, used, reset_wall
+    def minute_s(self) -> float:
+        return self.config.vydra_rate_window_seconds
 
-    def retry_after(self, account: VydraAccount) -> int:
-        """Whole seconds until the window has room again (at least 1)."""
+    def _windows_of(self, account: VydraAccount) -> RequestWindows:
+        """The organisation's windows, trimmed to now."""
         now = self.now()
-        if not account.window:
+        windows = account.windows
+        while windows.minute and windows.minute[0] <= now - self.minute_s():
+            windows.minute.popleft()
+        while windows.day and windows.day[0] <= now - DAY_MINUTES * self.minute_s():
+            windows.day.popleft()
+        return windows
+
+    def _used_in_hour(self, windows: RequestWindows) -> int:
+        since = self.now() - HOUR_MINUTES * self.minute_s()
+        return len(windows.day) - bisect.bisect_right(windows.day, since)
+
+    def admit(self, account: VydraAccount) -> tuple[bool, int, float, str]:
+        """Count one request against the organisation's sliding windows: (accepted, used in the
+        minute, the minute's reset at wall seconds, the window that refused it or ""). A refused
+        request is not counted."""
+        now = self.now()
+        windows = self._windows_of(account)
+        refused = ""
+        if len(windows.minute) >= account.rpm:
+            refused, account.rejected_rate = "minute", account.rejected_rate + 1
+        elif self._used_in_hour(windows) >= account.rph:
+            refused, account.rejected_rate_hour = "hour", account.rejected_rate_hour + 1
+        elif len(windows.day) >= account.rpd:
+            refused, account.rejected_rate_day = "day", account.rejected_rate_day + 1
+        if not refused:
+            windows.minute.append(now)
+            windows.day.append(now)
+            account.requests += 1
+            account.max_requests_in_window = max(account.max_requests_in_window, len(windows.minute))
+        oldest = windows.minute[0] if windows.minute else now
+        reset_wall = time.time() + (oldest + self.minute_s() - now)
+        used = len(windows.minute) + (1 if refused == "minute" else 0)
+        return not refused, used, reset_wall, refused
+
+    def retry_after(self, account: VydraAccount, refused: str = "minute") -> int:
+        """Whole seconds until the window that refused has room again (at least 1)."""
+        now = self.now()
+        windows = self._windows_of(account)
+        if refused == "minute":
+            first, span = (windows.minute[0] if windows.minute else None), self.minute_s()
+        elif refused == "hour":
+            span = HOUR_MINUTES * self.minute_s()
+            used = self._used_in_hour(windows)
+            first = windows.day[len(windows.day) - used] if used else None
+        else:
+            first, span = (windows.day[0] if windows.day else None), DAY_MINUTES * self.minute_s()
+        if first is None:
             return 1
-        return max(1, math.ceil(account.window[0] + self.config.vydra_rate_window_seconds - now))
+        return max(1, math.ceil(first + span - now))
 
     def usage(self, account: VydraAccount) -> dict[str, Any]:
-        now = self.now()
-        plan = VYDRA_PLANS[account.plan]
-        hour = sum(1 for at in account.history if at > now - HOUR_S)
+        windows = self._windows_of(account)
         return {
-            "minute": {"used": len(account.window), "limit": account.rpm},
-            "hour": {"used": hour, "limit": plan["rph"]},
-            "day": {"used": len(account.history), "limit": plan["rpd"]},
+            "minute": {"used": len(windows.minute), "limit": account.rpm},
+            "hour": {"used": self._used_in_hour(windows), "limit": account.rph},
+            "day": {"used": len(windows.day), "limit": account.rpd},
         }
 
     def submit(
@@ -393,7 +437,20 @@ class VydraState:
                 del self.jobs[job_id]
 
     def _load_accounts(self) -> None:
-        self.accounts = {key: _account(key, dict(spec)) for key, spec in self.config.vydra_accounts.items()}
+        self.organizations: dict[str, RequestWindows] = {}
+        self.accounts = {
+            key: self._joined(_account(key, dict(spec))) for key, spec in self.config.vydra_accounts.items()
+        }
+
+    def _joined(self, account: VydraAccount) -> VydraAccount:
+        """The account, counting its requests in its organisation's windows."""
+        account.windows = self.organizations.setdefault(account.organization, RequestWindows())
+        return account
+
+
+def organization_of(key: str) -> str:
+    """The organisation a key belongs to unless configured: one per user id of the key."""
+    return f"org_{key.removeprefix('vydra_live_user_').split('_')[0]}"
 
 
 def _account(key: str, spec: dict[str, Any]) -> VydraAccount:
@@ -403,8 +460,11 @@ def _account(key: str, spec: dict[str, Any]) -> VydraAccount:
         key=key,
         plan=plan,
         rpm=int(spec.get("rpm", limits["rpm"])),
+        rph=int(spec.get("rph", limits["rph"])),
+        rpd=int(spec.get("rpd", limits["rpd"])),
         concurrent=int(spec.get("concurrent", limits["concurrent"])),
         credits=int(spec.get("credits", DEFAULT_CREDITS)),
+        organization=str(spec.get("organization") or organization_of(key)),
     )
 
 

@@ -258,3 +258,29 @@ async def test_control_refuses_a_malformed_vydra_account(emulator: Emulator) -> 
             f"{emulator.url}/_emulator/vydra-accounts", json={"key": KEY, "plan": "gold"}
         ) as resp:
             assert resp.status == 400
+
+
+async def test_keys_of_one_organisation_share_its_windows_and_the_hour_limit_refuses(
+    emulator: Emulator,
+) -> None:
+    """Limits are per organisation: two keys of one organisation count in the same windows; the
+    hour window (60 minutes of the scaled minute) refuses with ``limits.type = "hour"``."""
+    first, second = "vydra_live_user_2001_orgkeyone", "vydra_live_user_2002_orgkeytwo"
+    for key in (first, second):
+        await emulator.control(
+            "POST", "vydra-accounts", {"key": key, "rpm": 50, "rph": 6, "organization": "org_x"}
+        )
+    _, org, _ = await call(emulator, "GET", "organization", key=second)
+    assert org["id"] == "org_x"
+    _, limits, _ = await call(emulator, "GET", "account/rate-limits", key=first)
+    assert limits["limits"]["rph"] == 6 and limits["usage"]["hour"] == {"used": 2, "limit": 6}
+    for n in range(4):
+        status, _, headers = await call(emulator, "GET", "jobs", key=first if n % 2 else second)
+        assert status == 200
+    assert headers["X-RateLimit-Remaining"] == "44"  # the organisation's minute: 6 used of 50
+    status, body, headers = await call(emulator, "GET", "jobs", key=first)
+    assert status == 429 and body["limits"] == {"type": "hour", "limit": 6, "used": 6}
+    assert int(headers["Retry-After"]) >= 1
+    stats = (await emulator.stats())["vydra"]["accounts"]  # type: ignore[index]
+    assert stats[first]["rejected_429_rate_hour"] == 1 and stats[first]["organization"] == "org_x"
+    assert stats[first]["requests"] + stats[second]["requests"] == 6
