@@ -37,8 +37,15 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 MAX_ACCOUNT_JOBS = 1000
 
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
-# Optional request budget (vydra): requests allowed per window, and the window's length.
-_BUDGET_KEYS: tuple[str, ...] = ("requests_per_minute", "rate_window_seconds")
+# Optional request budget (vydra): requests allowed per window, the minute window's length (the hour
+# and the day scale with it), and the organisation whose budget the account shares.
+_BUDGET_KEYS: tuple[str, ...] = (
+    "requests_per_minute",
+    "requests_per_hour",
+    "requests_per_day",
+    "rate_window_seconds",
+    "organization",
+)
 _ACCOUNT_KEYS: tuple[str, ...] = ("provider", "name", "max_jobs", "api_key_env", "base_url", *_BUDGET_KEYS)
 _REQUIRED_ACCOUNT_KEYS: tuple[str, ...] = ("provider", "name", "max_jobs", "api_key_env")
 
@@ -56,7 +63,12 @@ class Account:
         api_key: The API key itself; kept out of ``repr`` so it cannot leak into logs.
         requests_per_minute: The provider's request limit for this account (vydra: the plan's
             rpm), when the accounts file sets it; None: learnt from the provider.
-        rate_window_seconds: The window ``requests_per_minute`` counts over (60 unless set).
+        requests_per_hour: The same per hour (vydra's rph), when set with requests_per_minute.
+        requests_per_day: The same per day (vydra's rpd), when set with requests_per_minute.
+        rate_window_seconds: The window ``requests_per_minute`` counts over (60 unless set); the
+            hour and the day are 60 and 1440 of it.
+        organization: The provider organisation the account belongs to (vydra counts requests
+            per organisation), when set; None: asked of the provider.
     """
 
     provider: str
@@ -66,7 +78,10 @@ class Account:
     base_url: str
     api_key: str = field(repr=False)
     requests_per_minute: int | None = None
+    requests_per_hour: int | None = None
+    requests_per_day: int | None = None
     rate_window_seconds: float | None = None
+    organization: str | None = None
 
 
 def http_url_problem(value: str) -> str | None:
@@ -190,8 +205,14 @@ class _AccountsParser:
             base_url=self._base_url(index, table, provider),
             api_key=self._api_key(index, table, api_key_env),
             requests_per_minute=self._optional_number(index, table, "requests_per_minute", integer=True),
+            requests_per_hour=self._optional_number(index, table, "requests_per_hour", integer=True),
+            requests_per_day=self._optional_number(index, table, "requests_per_day", integer=True),
             rate_window_seconds=self._optional_number(index, table, "rate_window_seconds", integer=False),
+            organization=self._optional_string(index, table, "organization"),
         )
+
+    def _optional_string(self, index: int, table: dict[str, Any], key: str) -> str | None:
+        return self._string(index, table, key) if key in table else None
 
     def _optional_number(self, index: int, table: dict[str, Any], key: str, *, integer: bool) -> Any:
         """A positive number (an integer when ``integer``), or None when the key is absent."""

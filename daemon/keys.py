@@ -221,14 +221,22 @@ def asset_index_key(provider: str, asset_type: str | None = None, workflow: str 
     return key
 
 
-def request_budget_key(provider: str, account: str) -> str:
-    """zset of the requests one account made in its provider's rate window: request id -> taken
-    (ms, Redis server clock); see ``lua/take_request.lua``."""
-    return f"{tag(provider)}:budget:{account}"
+def request_budget_key(provider: str, holder: str, window: str = "minute") -> str:
+    """zset of the requests one budget holder (an account, or a token or organisation its
+    accounts share) made in one of its provider's rate windows (``minute``, ``hour``, ``day``):
+    request id -> taken (ms, Redis server clock); see ``lua/take_request.lua``."""
+    key = f"{tag(provider)}:budget:{holder}"
+    return key if window == "minute" else f"{key}:{window}"
 
 
-def request_limit_key(provider: str, account: str) -> str:
-    """string: the requests per window the provider last said the account may make (vydra's
-    ``X-RateLimit-Limit`` or ``/account/rate-limits``), shared by every process; expires, so a plan
-    that stops being reported falls back to the default. See ``lua/take_request.lua``."""
-    return f"{tag(provider)}:budget-limit:{account}"
+def request_limit_key(provider: str, holder: str) -> str:
+    """hash window (``minute``, ``hour``, ``day``) -> the requests the provider last said the
+    holder may make in it (vydra's ``X-RateLimit-Limit``, ``/account/rate-limits``), shared by
+    every process; expires, so a limit that stops being reported falls back to the default."""
+    return f"{tag(provider)}:budget-limit:{holder}"
+
+
+def organization_key(provider: str, account: str) -> str:
+    """string: the id of the organisation the provider says the account belongs to (vydra's
+    ``GET /organization``); the accounts of one organisation share its request budget."""
+    return f"{tag(provider)}:organization:{account}"

@@ -26,6 +26,7 @@ import os
 import random
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -65,6 +66,37 @@ class RequestLimit:
         return math.ceil((self.window_s + padding) * 1000)
 
 
+# The windows a budget may count over, by the name the providers give them, in minutes.
+WINDOW_MINUTES = {"minute": 1, "hour": 60, "day": 1440}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """A budget's limits over each of its windows (``minute``, ``hour``, ``day``); a limit of 0
+    requests is one not known (yet). ``learnt``: the limits the provider reported (``learn``)
+    replace these, which are then only the defaults until it reports."""
+
+    windows: tuple[tuple[str, RequestLimit], ...]
+    learnt: bool = False
+
+    @classmethod
+    def scaled(cls, requests: Mapping[str, int], minute_s: float, *, learnt: bool) -> RequestLimits:
+        """``requests`` per window name, the longer windows scaled from the minute's length
+        (a minute of ``minute_s`` seconds makes an hour of 60 of them)."""
+        return cls(
+            tuple(
+                (name, RequestLimit(requests.get(name, 0), minutes * minute_s))
+                for name, minutes in WINDOW_MINUTES.items()
+                if name in requests or learnt
+            ),
+            learnt,
+        )
+
+    @property
+    def minute(self) -> RequestLimit:
+        return self.windows[0][1]
+
+
 class BudgetExhausted(ProviderError):
     """Raised instead of sending a request when the account's budget has no room for it now."""
 
@@ -87,38 +119,69 @@ class RequestBudget:
     def __init__(self, client: aioredis.Redis, scripts: Scripts) -> None:
         self.client = client
         self.scripts = scripts
-        # (provider, account) -> (the limit this process last stored, when): what needs no write.
-        self._stored: dict[tuple[str, str], tuple[int, float]] = {}
+        # (provider, holder, keep, windows) -> (the limits this process last stored for those
+        # windows, when): what needs no write.
+        self._stored: dict[
+            tuple[str, str, bool, tuple[str, ...]], tuple[tuple[tuple[str, int], ...], float]
+        ] = {}
 
     async def take(
-        self, provider: str, account: str, limit: RequestLimit, share: float, *, learnt: bool = False
+        self, provider: str, holder: str, limits: RequestLimit | RequestLimits, share: float
     ) -> float:
-        """Take one request; 0.0 when taken, else the seconds until there is room for this share.
-        ``learnt``: a limit the provider reported for the account (``learn``) replaces
-        ``limit.requests`` (``limit`` is then only the default until one is reported)."""
-        budget_keys = [keys.request_budget_key(provider, account), keys.request_limit_key(provider, account)]
-        reported_share = repr(share) if learnt else ""
-        args = [limit.window_ms(), limit.allowed(share), os.urandom(8).hex(), reported_share]
+        """Take one request from every window of ``holder``'s budget (an account, or what its
+        accounts share: a token, an organisation); 0.0 when taken, else the seconds until each
+        window has room for this share."""
+        if isinstance(limits, RequestLimit):
+            limits = RequestLimits((("minute", limits),))
+        budget_keys = [keys.request_limit_key(provider, holder)]
+        args: list[str | int] = [os.urandom(8).hex(), repr(share) if limits.learnt else ""]
+        for name, limit in limits.windows:
+            budget_keys.append(keys.request_budget_key(provider, holder, name))
+            args += [name, limit.window_ms(), limit.allowed(share) if limit.requests else 0]
         wait_ms = await self.scripts.take_request(keys=budget_keys, args=args)
         return int(wait_ms) / 1000
 
-    async def learn(self, provider: str, account: str, requests: int) -> None:
-        """Keep the limit per window the provider reported for ``account`` (from its answers'
-        headers or its limits endpoint) for every process; written when it changes, and renewed
-        well before it expires."""
-        if requests < 1:
-            return
+    async def learn(
+        self,
+        provider: str,
+        holder: str,
+        reported: Mapping[str, int],
+        *,
+        keep: bool = False,
+        complete: bool = False,
+    ) -> bool:
+        """Keep the limits per window the provider reported for ``holder`` (from its answers'
+        headers or its limits endpoint) for every process; written when they change, and renewed
+        well before they expire. ``keep``: only where nothing is known yet (a guess);
+        ``complete``: every window's, from the provider's own account of them (``learnt`` then
+        says ``complete``). True when they differ from what this process stored last."""
+        values = tuple(sorted((name, requests) for name, requests in reported.items() if requests >= 1))
+        if not values:
+            return False
         now = time.monotonic()
-        stored = self._stored.get((provider, account))
-        if stored is not None and stored[0] == requests and now - stored[1] < LEARNT_LIMIT_TTL_S / 4:
-            return
-        self._stored[(provider, account)] = (requests, now)
-        await self.client.set(keys.request_limit_key(provider, account), requests, ex=LEARNT_LIMIT_TTL_S)
+        memo = (provider, holder, keep, tuple(name for name, _ in values))
+        last = self._stored.get(memo)
+        if last is not None and last[0] == values and now - last[1] < LEARNT_LIMIT_TTL_S / 4:
+            return False
+        self._stored[memo] = (values, now)
+        key = keys.request_limit_key(provider, holder)
+        async with self.client.pipeline(transaction=True) as pipe:
+            for name, requests in values:
+                if keep:
+                    pipe.hsetnx(key, name, requests)
+                else:
+                    pipe.hset(key, name, requests)
+            if complete:
+                pipe.hset(key, "complete", 1)
+            pipe.expire(key, LEARNT_LIMIT_TTL_S)
+            await pipe.execute()
+        return last is not None and last[0] != values
 
-    async def learnt(self, provider: str, account: str) -> int | None:
-        """The limit per window last reported for ``account``, if any."""
-        value = await self.client.get(keys.request_limit_key(provider, account))
-        return int(value) if value is not None and str(value).isdigit() else None
+    async def learnt(self, provider: str, holder: str) -> dict[str, int]:
+        """The limits per window last reported for ``holder`` (and ``complete``: 1 when they came
+        from the provider's account of every window)."""
+        values = await self.client.hgetall(keys.request_limit_key(provider, holder))
+        return {str(name): int(value) for name, value in values.items() if str(value).isdigit()}
 
     async def postpone_poll(self, provider: str, job_id: str, exhausted: BudgetExhausted) -> None:
         """Make a claimed poll due again when the budget has room, plus some jitter (so the

@@ -119,6 +119,8 @@ class RequestWindows:
 
     minute: deque[float] = field(default_factory=deque)
     day: deque[float] = field(default_factory=deque)
+    max_in_minute: int = 0
+    max_in_hour: int = 0
 
 
 @dataclass(slots=True)
@@ -249,6 +251,8 @@ class VydraState:
             windows.day.append(now)
             account.requests += 1
             account.max_requests_in_window = max(account.max_requests_in_window, len(windows.minute))
+            windows.max_in_minute = max(windows.max_in_minute, len(windows.minute))
+            windows.max_in_hour = max(windows.max_in_hour, self._used_in_hour(windows))
         oldest = windows.minute[0] if windows.minute else now
         reset_wall = time.time() + (oldest + self.minute_s() - now)
         used = len(windows.minute) + (1 if refused == "minute" else 0)
@@ -399,6 +403,11 @@ class VydraState:
         return {
             "vydra": {
                 "accounts": {key: account.to_json(now) for key, account in self.accounts.items()},
+                # Per organisation: the most requests it had accepted in any minute, in any hour.
+                "organizations": {
+                    name: {"max_requests_in_minute": w.max_in_minute, "max_requests_in_hour": w.max_in_hour}
+                    for name, w in self.organizations.items()
+                },
                 "submissions_by_ref": dict(self.submissions_by_ref),
                 "callbacks": self.webhooks.stats(),
             }

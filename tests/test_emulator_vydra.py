@@ -284,3 +284,5 @@ async def test_keys_of_one_organisation_share_its_windows_and_the_hour_limit_ref
     stats = (await emulator.stats())["vydra"]["accounts"]  # type: ignore[index]
     assert stats[first]["rejected_429_rate_hour"] == 1 and stats[first]["organization"] == "org_x"
     assert stats[first]["requests"] + stats[second]["requests"] == 6
+    organizations = (await emulator.stats())["vydra"]["organizations"]  # type: ignore[index]
+    assert organizations["org_x"] == {"max_requests_in_minute": 6, "max_requests_in_hour": 6}

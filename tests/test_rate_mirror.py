@@ -54,7 +54,7 @@ async def test_a_plan_learnt_from_headers_is_every_workers_budget_from_the_first
         spawn("worker", env)
 
     async def plan_learnt() -> bool:
-        reported = await redis_client.get(keys.request_limit_key("vydra", "v1"))
+        reported = await redis_client.hget(keys.request_limit_key("vydra", "org:org_1001"), "minute")
         return bool(reported == str(STARTER_RPM))
 
     async with asyncio.timeout(60):

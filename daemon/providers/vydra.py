@@ -16,6 +16,7 @@ capacity sync), kept in Redis for every process; the Free plan's is assumed unti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
@@ -26,6 +27,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import aiohttp
 
+from daemon import keys
 from daemon.accounts_file import Account
 from daemon.errors import InvalidRequest, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
@@ -44,7 +46,9 @@ from daemon.request_budget import (
     MAX_WAIT_S,
     POLL_SHARE,
     BudgetExhausted,
+    RequestBudget,
     RequestLimit,
+    RequestLimits,
     budget_of,
 )
 
@@ -56,6 +60,13 @@ STOP_ACCOUNT_STATUSES = frozenset({401, 402, 403})
 FAILED_STATUSES = frozenset({"failed", "error", "cancelled", "canceled"})
 # The Free plan's limit, assumed until the account's own is known (https://www.vydra.ai/docs/rate-limits).
 FREE_PLAN_LIMIT = RequestLimit(10, 60.0)
+FREE_PLAN_REQUESTS = {"minute": 10, "hour": 100, "day": 500}
+# The plans' requests per hour and per day, by their requests per minute (same page): Free, Starter,
+# Creator.
+PLAN_HOUR_DAY = {10: (100, 500), 30: (500, 5_000), 60: (1_500, 20_000)}
+# An account's organisation is asked again after this when the question failed, and kept this long.
+ORGANIZATION_RECHECK_S = 60.0
+ORGANIZATION_TTL_S = 86_400
 LISTING_PAGE = 100
 MAX_LISTING_PAGES = 20
 URL_KEYS = ("videoUrl", "imageUrl", "audioUrl", "url")
@@ -223,6 +234,10 @@ class VydraProvider:
     def __init__(self) -> None:
         # Per process: (base URL, account) -> the concurrent cap /account/rate-limits last gave.
         self._max_jobs: dict[tuple[str, str], int] = {}
+        # Per process: (base URL, account) -> (whose budget it takes from, when to ask again for its
+        # organisation: 0.0 when found).
+        self._holders: dict[tuple[str, str], tuple[str, float]] = {}
+        self._discovering: dict[tuple[str, str], asyncio.Lock] = {}
 
     # -- the Provider protocol -------------------------------------------------------------
 
@@ -354,27 +369,17 @@ class VydraProvider:
         json_body: Any = None,
         wait: bool = True,
     ) -> tuple[int, Any]:
-        """One request, after taking a unit of the account's request budget. With ``wait`` it
-        waits up to ``MAX_WAIT_S`` for one, then answers like vydra's 429; without, it raises
-        ``BudgetExhausted`` at once (a poll is postponed instead). The plan limit every answer
-        reports (``X-RateLimit-Limit``) is kept for every process's next take."""
+        """One request, after taking a unit of the request budget of the account's organisation
+        (every window: minute, hour, day). With ``wait`` it waits up to ``MAX_WAIT_S`` for one,
+        then answers like vydra's 429; without, it raises ``BudgetExhausted`` at once (a poll is
+        postponed instead). The plan limit every answer reports (``X-RateLimit-Limit``) is kept for
+        every process's next take."""
         budget = budget_of(session)
         reported: list[int] = []
+        holder = account.name
         if budget is not None:
-            limit, learnt = self._request_limit(account)
-            deadline = time.monotonic() + MAX_WAIT_S
-            while (left := await budget.take(self.name, account.name, limit, share, learnt=learnt)) > 0:
-                if not wait or time.monotonic() + left > deadline:
-                    if not wait:
-                        raise BudgetExhausted(self.name, account.name, left, limit.window_s)
-                    raise ProviderError(
-                        f"vydra account {account.name}: request budget used up for {left:.1f} s "
-                        f"(the plan's requests per {limit.window_s:g} s)",
-                        action=ProviderAction.RETRY,
-                        status=429,
-                        retry_after=left,
-                    )
-                await asyncio.sleep(left)
+            holder = await self._holder(session, budget, account)
+            await self._take(budget, account, holder, share, wait)
         url = f"{account.base_url}/api/v1/{path}"
         try:
             return await request_json(
@@ -388,36 +393,148 @@ class VydraProvider:
             )
         finally:
             if budget is not None and reported and account.requests_per_minute is None:
-                await budget.learn(self.name, account.name, reported[0])
+                await self._learn_minute(budget, holder, reported[0])
 
-    def _request_limit(self, account: Account) -> tuple[RequestLimit, bool]:
-        """(the limit to take with, whether a limit vydra reported replaces it): the accounts
-        file's when it sets one, else the Free plan's until vydra reports the account's own."""
-        window = account.rate_window_seconds or FREE_PLAN_LIMIT.window_s
+    async def _take(
+        self, budget: RequestBudget, account: Account, holder: str, share: float, wait: bool
+    ) -> None:
+        limits = self._request_limits(account)
+        deadline = time.monotonic() + MAX_WAIT_S
+        while (left := await budget.take(self.name, holder, limits, share)) > 0:
+            if not wait or time.monotonic() + left > deadline:
+                if not wait:
+                    raise BudgetExhausted(self.name, account.name, left, limits.minute.window_s)
+                raise ProviderError(
+                    f"vydra account {account.name}: request budget used up for {left:.1f} s "
+                    "(the plan's requests per minute, hour or day)",
+                    action=ProviderAction.RETRY,
+                    status=429,
+                    retry_after=left,
+                )
+            await asyncio.sleep(left)
+
+    async def _learn_minute(self, budget: RequestBudget, holder: str, rpm: int) -> None:
+        """The minute's limit from a header; the hour's and the day's of the plan with that
+        minute (https://www.vydra.ai/docs/rate-limits) where nothing better is known: a plan
+        change of the minute replaces them, the limits endpoint corrects them."""
+        changed = await budget.learn(self.name, holder, {"minute": rpm})
+        hour_day = PLAN_HOUR_DAY.get(rpm)
+        if hour_day is not None:
+            guessed = {"hour": hour_day[0], "day": hour_day[1]}
+            await budget.learn(self.name, holder, guessed, keep=not changed)
+
+    def _request_limits(self, account: Account) -> RequestLimits:
+        """The accounts file's limits when it sets them, else the Free plan's until vydra reports
+        the account's own."""
+        minute_s = account.rate_window_seconds or FREE_PLAN_LIMIT.window_s
         if account.requests_per_minute is not None:
-            return RequestLimit(account.requests_per_minute, window), False
-        return RequestLimit(FREE_PLAN_LIMIT.requests, window), True
+            fixed = {"minute": account.requests_per_minute}
+            if account.requests_per_hour is not None:
+                fixed["hour"] = account.requests_per_hour
+            if account.requests_per_day is not None:
+                fixed["day"] = account.requests_per_day
+            return RequestLimits.scaled(fixed, minute_s, learnt=False)
+        return RequestLimits.scaled(FREE_PLAN_REQUESTS, minute_s, learnt=True)
+
+    async def _holder(self, session: aiohttp.ClientSession, budget: RequestBudget, account: Account) -> str:
+        """Whose budget the account's requests take from: its organisation's (vydra limits per
+        organisation), from the accounts file or ``GET /organization``, else the account's own
+        while that is unknown. Found once per process (``_discover``); failed, asked again after
+        ORGANIZATION_RECHECK_S."""
+        key = (account.base_url, account.name)
+        known = self._holders.get(key)
+        if known is not None and (known[1] == 0.0 or time.monotonic() < known[1]):
+            return known[0]
+        async with self._discovering.setdefault(key, asyncio.Lock()):
+            known = self._holders.get(key)
+            if known is not None and (known[1] == 0.0 or time.monotonic() < known[1]):
+                return known[0]
+            holder, found = await self._discover(session, budget, account)
+            self._holders[key] = (holder, 0.0 if found else time.monotonic() + ORGANIZATION_RECHECK_S)
+            return holder
+
+    async def _discover(
+        self, session: aiohttp.ClientSession, budget: RequestBudget, account: Account
+    ) -> tuple[str, bool]:
+        """(the holder, whether it is the organisation's). Before the account's first request in
+        this process: its organisation (kept in Redis for every process), then, unless the accounts
+        file fixes them or another process learnt them, the plan's limits, so that no request goes
+        out on a guess."""
+        organization = account.organization or await budget.client.get(
+            keys.organization_key(self.name, account.name)
+        )
+        if not organization:
+            try:
+                await self._take(budget, account, account.name, FULL_SHARE, wait=False)
+                url = f"{account.base_url}/api/v1/organization"
+                _, body = await request_json(session, "GET", url, account=account, classify=classify)
+            except ProviderError:
+                return account.name, False
+            organization = _text(body.get("id")) if isinstance(body, dict) else None
+            if not organization:
+                return account.name, False
+            organization_key = keys.organization_key(self.name, account.name)
+            await budget.client.set(organization_key, organization, ex=ORGANIZATION_TTL_S)
+            # That request counts at vydra in the organisation's windows: in its budget too.
+            await budget.take(
+                self.name, organization_holder(organization), self._request_limits(account), 1.0
+            )
+        holder = organization_holder(str(organization))
+        if account.requests_per_minute is None and "complete" not in await budget.learnt(self.name, holder):
+            with contextlib.suppress(ProviderError):
+                await self._read_limits(session, budget, account, holder, wait=True)
+        return holder, True
+
+    async def _read_limits(
+        self,
+        session: aiohttp.ClientSession,
+        budget: RequestBudget,
+        account: Account,
+        holder: str,
+        *,
+        wait: bool = False,
+    ) -> Any:
+        """``GET /account/rate-limits``; its ``rpm``, ``rph`` and ``rpd`` are kept as the holder's
+        limits. The read takes from the budget it reports on with the full share, so it is never
+        starved by the polls; without ``wait``, ``BudgetExhausted`` when a window is full now."""
+        await self._take(budget, account, holder, FULL_SHARE, wait=wait)
+        url = f"{account.base_url}/api/v1/account/rate-limits"
+        _, body = await request_json(session, "GET", url, account=account, classify=classify)
+        limits = body.get("limits") if isinstance(body, dict) else None
+        limits = limits if isinstance(limits, dict) else {}
+        if account.requests_per_minute is None:
+            reported = {
+                window: int(value)
+                for window, field_name in (("minute", "rpm"), ("hour", "rph"), ("day", "rpd"))
+                if (value := _number(limits.get(field_name))) is not None and value >= 1
+            }
+            await budget.learn(self.name, holder, reported, complete=True)
+        return limits
 
     async def _limits(self, session: aiohttp.ClientSession, account: Account) -> int | None:
         """The account's ``concurrent`` cap from ``GET /account/rate-limits`` (None when vydra did
-        not say); its ``rpm`` is kept as the account's request limit. The read takes from the
-        budget it reports on without waiting and with the full share, so it is never starved by
-        the polls: when the window is full it is skipped, and the answers' headers report the
-        limit meanwhile."""
+        not say), read at each capacity sync; skipped when the budget has no room now (the
+        answers' headers report the minute's limit meanwhile)."""
         key = (account.base_url, account.name)
-        try:
-            _, body = await self._call(session, account, "GET", "account/rate-limits", FULL_SHARE, wait=False)
-        except (ProviderError, BudgetExhausted):
-            return self._max_jobs.get(key)
-        limits = body.get("limits") if isinstance(body, dict) else None
-        limits = limits if isinstance(limits, dict) else {}
-        rpm, concurrent = _number(limits.get("rpm")), _number(limits.get("concurrent"))
         budget = budget_of(session)
-        if budget is not None and rpm is not None and rpm >= 1 and account.requests_per_minute is None:
-            await budget.learn(self.name, account.name, int(rpm))
+        try:
+            if budget is None:
+                _, body = await self._call(session, account, "GET", "account/rate-limits", FULL_SHARE)
+                limits = body.get("limits") if isinstance(body, dict) else None
+            else:
+                holder = await self._holder(session, budget, account)
+                limits = await self._read_limits(session, budget, account, holder)
+        except ProviderError:
+            return self._max_jobs.get(key)
+        concurrent = _number(limits.get("concurrent")) if isinstance(limits, dict) else None
         if concurrent is not None and concurrent >= 0:
             self._max_jobs[key] = int(concurrent)
         return self._max_jobs.get(key)
+
+
+def organization_holder(organization: str) -> str:
+    """The budget holder of a vydra organisation (its accounts take from it)."""
+    return f"org:{organization}"
 
 
 def _reported_limit(headers: Mapping[str, str], into: list[int]) -> None:
