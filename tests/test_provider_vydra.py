@@ -466,8 +466,9 @@ async def test_other_providers_take_nothing_from_a_budget(
 
 
 def test_accounts_file_budget_keys(make_settings) -> None:  # type: ignore[no-untyped-def]
-    """``requests_per_minute`` and ``rate_window_seconds`` in the accounts file reach the account, are
-    unset when absent, and a non-positive value is refused by name."""
+    """``requests_per_minute`` (``_per_hour``, ``_per_day``), ``rate_window_seconds`` and
+    ``organization`` in the accounts file reach the account, are unset when absent, and a bad value
+    is refused by name."""
     spec = {"max_jobs": 2, "requests_per_minute": 30, "rate_window_seconds": 2}
     found = make_settings(accounts={ACCOUNT: spec}).account("vydra", "v1")
     assert (found.api_key, found.requests_per_minute, found.rate_window_seconds) == (KEY, 30, 2.0)
@@ -475,6 +476,13 @@ def test_accounts_file_budget_keys(make_settings) -> None:  # type: ignore[no-un
     assert (plain.requests_per_minute, plain.rate_window_seconds) == (None, None)
     with pytest.raises(SettingsError, match="'requests_per_minute' must be a positive integer"):
         make_settings(accounts={ACCOUNT: {"max_jobs": 2, "requests_per_minute": 0}})
+    windows = {"max_jobs": 2, "requests_per_minute": 30, "requests_per_hour": 500, "organization": " org_9 "}
+    found = make_settings(accounts={ACCOUNT: windows}).account("vydra", "v1")
+    assert (found.requests_per_hour, found.requests_per_day, found.organization) == (500, None, "org_9")
+    with pytest.raises(SettingsError, match="'requests_per_day' must be a positive integer"):
+        make_settings(accounts={ACCOUNT: {"max_jobs": 2, "requests_per_day": 1.5}})
+    with pytest.raises(SettingsError, match="'organization' must be a non-empty string"):
+        make_settings(accounts={ACCOUNT: {"max_jobs": 2, "organization": ""}})
 
 
 async def test_vydras_concurrency_429_cools_the_account_and_every_job_runs_later(
