@@ -141,6 +141,18 @@ class RequestBudget:
         wait_ms = await self.scripts.take_request(keys=budget_keys, args=args)
         return int(wait_ms) / 1000
 
+    async def correct(
+        self, provider: str, holder: str, limit: RequestLimit, provider_used: int, window: str = "minute"
+    ) -> int:
+        """Count at least ``provider_used`` requests in ``holder``'s ``window`` of ``limit`` (what
+        the provider says it counts: requests made elsewhere take from the budget too); how many
+        were added."""
+        added = await self.scripts.correct_budget(
+            keys=[keys.request_budget_key(provider, holder, window)],
+            args=[limit.window_ms(), provider_used, os.urandom(8).hex()],
+        )
+        return int(added)
+
     async def learn(
         self,
         provider: str,

@@ -15,7 +15,15 @@ from redis.commands.core import AsyncScript
 _LUA = resources.files("daemon") / "lua"
 _PRELUDE = (_LUA / "lib.lua").read_text()
 _STANDALONE = frozenset(
-    {"claim_polls", "claim_tasks", "record_asset", "take_request", "postpone_poll", "reject_job"}
+    {
+        "claim_polls",
+        "claim_tasks",
+        "record_asset",
+        "take_request",
+        "correct_budget",
+        "postpone_poll",
+        "reject_job",
+    }
 )
 # Scripts that record assets also get asset_lib.lua (after the slot prelude, when they have it).
 _ASSET_LIB = (_LUA / "asset_lib.lua").read_text()
@@ -47,6 +55,7 @@ class Scripts:
     mark_uncertain: AsyncScript
     record_asset: AsyncScript
     take_request: AsyncScript
+    correct_budget: AsyncScript
     postpone_poll: AsyncScript
     reject_job: AsyncScript
     claim_tasks: AsyncScript

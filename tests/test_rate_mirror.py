@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from daemon import keys
 from daemon.client import Client
+from daemon.providers.vydra import organization_holder
 from emulator.config import EmulatorConfig
 from tests.archive_support import until
 from tests.conftest import VYDRA_KEYS, AccountSpec, Emulator, process_env
@@ -71,3 +72,32 @@ async def test_a_plan_learnt_from_headers_is_every_workers_budget_from_the_first
     assert used >= 0.8, f"{used:.2f} of the Starter plan's requests used while jobs waited"
     assert after["rejected_429_rate"] == 0
     assert after["max_requests_in_window"] <= STARTER_RPM
+
+
+async def test_requests_made_elsewhere_with_the_key_are_counted_from_vydras_remaining(
+    emulator: Emulator, spawn: Any, redis_client: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Another tool spent most of the window with the same key before genrelay started: vydra's
+    ``X-RateLimit-Remaining`` corrects the budget, so genrelay draws (almost) none of the 429s the
+    rest of the window would give."""
+    elsewhere = STARTER_RPM - 6
+    headers = {"Authorization": f"Bearer {VYDRA_KEYS['v1']}"}
+    for _ in range(elsewhere):
+        async with emulator.session.get(f"{emulator.url}/api/v1/jobs", headers=headers) as resp:
+            assert resp.status == 200
+    accounts: dict[str, AccountSpec] = {"vydra/v1": {"max_jobs": JOBS, "rate_window_seconds": WINDOW_S}}
+    env = process_env(tmp_path, redis_url, emulator.url, accounts)
+    client = Client(redis_client)
+    for _ in range(40):
+        await client.submit("vydra", "generate_image", {"model": "gemini-image"})
+    spawn("worker", env)
+
+    async def window_spent() -> bool:
+        return bool((await served(emulator))["requests"] >= STARTER_RPM)
+
+    async with asyncio.timeout(60):
+        await until(window_spent)
+    budget = keys.request_budget_key("vydra", organization_holder("org_1001"))
+    assert await redis_client.zcard(budget) >= STARTER_RPM - 1
+    rejected = (await served(emulator))["rejected_429_rate"]
+    assert rejected <= 3

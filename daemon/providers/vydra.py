@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import aiohttp
+import structlog
 
 from daemon import keys
 from daemon.accounts_file import Account
@@ -51,6 +52,8 @@ from daemon.request_budget import (
     RequestLimits,
     budget_of,
 )
+
+log = structlog.get_logger("genrelay.vydra")
 
 WORKFLOWS = frozenset(
     {"generate_video", "generate_image", "generate_asmr", "lipsync_video", "house-timelapse"}
@@ -375,7 +378,7 @@ class VydraProvider:
         postponed instead). The plan limit every answer reports (``X-RateLimit-Limit``) is kept for
         every process's next take."""
         budget = budget_of(session)
-        reported: list[int] = []
+        reported: dict[str, int] = {}
         holder = account.name
         if budget is not None:
             holder = await self._holder(session, budget, account)
@@ -392,8 +395,26 @@ class VydraProvider:
                 seen=lambda headers: _reported_limit(headers, reported),
             )
         finally:
-            if budget is not None and reported and account.requests_per_minute is None:
-                await self._learn_minute(budget, holder, reported[0])
+            if budget is not None and reported:
+                await self._heard(budget, account, holder, reported)
+
+    async def _heard(
+        self, budget: RequestBudget, account: Account, holder: str, reported: Mapping[str, int]
+    ) -> None:
+        """What an answer's ``X-RateLimit-*`` headers say: the plan's minute limit (learnt unless
+        the accounts file fixes it), and, once the minute is mostly used, vydra's own count of it,
+        which corrects the budget when requests made elsewhere count too."""
+        limit = reported.get("limit")
+        if limit is None:
+            return
+        if account.requests_per_minute is None:
+            await self._learn_minute(budget, holder, limit)
+        remaining = reported.get("remaining")
+        if remaining is not None and remaining <= limit // 4:
+            minute = RequestLimit(limit, self._request_limits(account).minute.window_s)
+            added = await budget.correct(self.name, holder, minute, limit - remaining)
+            if added:
+                log.info("vydra counts more requests than the budget did", account=account.name, added=added)
 
     async def _take(
         self, budget: RequestBudget, account: Account, holder: str, share: float, wait: bool
@@ -464,10 +485,18 @@ class VydraProvider:
             keys.organization_key(self.name, account.name)
         )
         if not organization:
+            reported: dict[str, int] = {}
             try:
                 await self._take(budget, account, account.name, FULL_SHARE, wait=False)
                 url = f"{account.base_url}/api/v1/organization"
-                _, body = await request_json(session, "GET", url, account=account, classify=classify)
+                _, body = await request_json(
+                    session,
+                    "GET",
+                    url,
+                    account=account,
+                    classify=classify,
+                    seen=lambda headers: _reported_limit(headers, reported),
+                )
             except ProviderError:
                 return account.name, False
             organization = _text(body.get("id")) if isinstance(body, dict) else None
@@ -479,6 +508,7 @@ class VydraProvider:
             await budget.take(
                 self.name, organization_holder(organization), self._request_limits(account), 1.0
             )
+            await self._heard(budget, account, organization_holder(organization), reported)
         holder = organization_holder(str(organization))
         if account.requests_per_minute is None and "complete" not in await budget.learnt(self.name, holder):
             with contextlib.suppress(ProviderError):
@@ -509,6 +539,13 @@ class VydraProvider:
                 if (value := _number(limits.get(field_name))) is not None and value >= 1
             }
             await budget.learn(self.name, holder, reported, complete=True)
+        # vydra's own count of each window: what was spent elsewhere takes from the budget too.
+        usage = body.get("usage") if isinstance(body, dict) else None
+        windows = dict(self._request_limits(account).windows)
+        for window, counted in (usage if isinstance(usage, dict) else {}).items():
+            used = _number(counted.get("used")) if isinstance(counted, dict) else None
+            if window in windows and used is not None and used >= 1:
+                await budget.correct(self.name, holder, windows[window], int(used), window)
         return limits
 
     async def _limits(self, session: aiohttp.ClientSession, account: Account) -> int | None:
@@ -537,7 +574,10 @@ def organization_holder(organization: str) -> str:
     return f"org:{organization}"
 
 
-def _reported_limit(headers: Mapping[str, str], into: list[int]) -> None:
-    value = headers.get("X-RateLimit-Limit", "")
-    if value.isdigit() and int(value) >= 1:
-        into.append(int(value))
+def _reported_limit(headers: Mapping[str, str], into: dict[str, int]) -> None:
+    """The minute's ``X-RateLimit-Limit`` and ``-Remaining`` (https://www.vydra.ai/docs/rate-limits)."""
+    limit, remaining = headers.get("X-RateLimit-Limit", ""), headers.get("X-RateLimit-Remaining", "")
+    if limit.isdigit() and int(limit) >= 1:
+        into["limit"] = int(limit)
+        if remaining.isdigit():
+            into["remaining"] = int(remaining)
