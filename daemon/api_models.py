@@ -331,6 +331,14 @@ class AccountCapacity(ApiStruct):
     provider: str
     email: Annotated[str, Meta(description="the account name")]
     max_jobs: Count
+    effective_max_jobs: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="maxJobs less the slots concurrency 429s showed taken by someone else "
+            "(at least 1; one comes back after each GENRELAY_CAPACITY_RECOVERY seconds without one)",
+        ),
+    ]
     executing: Count
     available: Count
     enabled: bool
