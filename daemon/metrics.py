@@ -295,12 +295,8 @@ class RedisStateCollector:
         per_account = ["provider", "account"]
         busy = GaugeMetricFamily("genrelay_slots_busy", "Slots held by a live lease.", labels=per_account)
         total = GaugeMetricFamily("genrelay_slots_max", "The account's maxJobs.", labels=per_account)
-        effective = GaugeMetricFamily(
-            "genrelay_slots_effective",
-            "The account's effective slot count: maxJobs less the slots concurrency 429s showed in use "
-            "elsewhere.",
-            labels=per_account,
-        )
+        help_text = "maxJobs less the slots concurrency 429s showed in use elsewhere (at least 1)."
+        effective = GaugeMetricFamily("genrelay_slots_effective", help_text, labels=per_account)
         cooling = GaugeMetricFamily(
             "genrelay_account_cooling_down", "1 while a 429 cools the account down.", labels=per_account
         )
