@@ -320,9 +320,7 @@ class ExecutingJob(ApiStruct):
     reply_ref: str | None = None
 
 
-Foreign = Annotated[
-    int, Meta(ge=0, description="slots the provider's last listing showed taken by jobs not ours")
-]
+Foreign = Annotated[int, Meta(ge=0, description="slots the provider's listing showed taken by jobs not ours")]
 
 
 class AccountCapacity(ApiStruct):
@@ -331,6 +329,7 @@ class AccountCapacity(ApiStruct):
     provider: str
     email: Annotated[str, Meta(description="the account name")]
     max_jobs: Count
+    effective_max_jobs: Count  # maxJobs less the slots concurrency 429s showed in use elsewhere
     executing: Count
     available: Count
     enabled: bool

@@ -91,6 +91,13 @@ class ProviderAction(enum.StrEnum):
     LOST = "lost"  # the provider no longer knows the job (expired or never existed)
 
 
+class Limit(enum.StrEnum):
+    """Which of a provider's limits a 429 says was hit (docs/providers.md §2.5, §3.5)."""
+
+    CONCURRENCY = "concurrency"  # every slot of the account is in use: the account runs fewer than we count
+    RATE = "rate"  # too many requests: the account cools down, its slots are untouched
+
+
 class ProviderError(DaemonError):
     """Raised when a provider call fails; ``action`` tells the caller what to do next."""
 
@@ -103,6 +110,7 @@ class ProviderError(DaemonError):
         error_type: str | None = None,
         retry_after: float | None = None,
         maybe_accepted: bool = False,
+        limit: Limit | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -113,10 +121,12 @@ class ProviderError(DaemonError):
         # The request was sent and no answer came (timeout, disconnect, reset): the provider may
         # have accepted it. A submit that ends so must not be sent again blindly (double billing).
         self.maybe_accepted = maybe_accepted
+        # For a 429: which limit the provider says was hit (None: not said, treated as a rate limit).
+        self.limit = limit
 
     def __repr__(self) -> str:
         return (
             f"ProviderError({self.message!r}, action={self.action.value}, status={self.status}, "
             f"error_type={self.error_type!r}, retry_after={self.retry_after}, "
-            f"maybe_accepted={self.maybe_accepted})"
+            f"maybe_accepted={self.maybe_accepted}, limit={self.limit})"
         )

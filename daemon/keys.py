@@ -87,13 +87,18 @@ class ProviderKeys:
     leases: str  # zset  job id -> lease expiry (ms, Redis server clock), every account's leases
     lease_account: str  # hash  job id -> the account its lease is on
     held_by: str  # zset  score 0, "<account>\n<job id>": one account's leases by lex range
-    # zset  account -> maxJobs - foreign - leases, minus 1e9 while disabled and 1e6 while cooling
+    # zset  account -> maxJobs - foreign - learned - leases, minus 1e9 while disabled and 1e6 while cooling
     # down: the account's free slots where positive
     room: str
     # zset  score 0, "<account>\n<16-digit waiting score>\n<job id>": the per-account pinned queues
     waiting_pinned: str
     # zset  account -> score of its pinned queue's head, for the accounts with room and pinned jobs
     pinned_ready: str
+    # hash  account -> slots a concurrency 429 showed taken by someone else: the effective slot
+    # count is maxJobs minus this (never below 1); free slots subtract it
+    learned: str
+    # zset  account -> when one learned slot comes back (ms), for the accounts with learned slots
+    learned_due: str
     # hash  account -> JSON of the last capacity sync (when, what the provider listed)
     capacity: str
     layout: str  # string  the slot layout version of this provider's keys (see SLOT_LAYOUT)
@@ -121,6 +126,8 @@ class ProviderKeys:
             self.room,
             self.waiting_pinned,
             self.pinned_ready,
+            self.learned,
+            self.learned_due,
         ]
 
     def state(self, name: str) -> str:
@@ -148,6 +155,8 @@ def provider_keys(provider: str) -> ProviderKeys:
         held_by=f"{base}:held_by",
         room=f"{base}:room",
         waiting_pinned=f"{base}:waiting_pinned",
+        learned=f"{base}:learned",
+        learned_due=f"{base}:learned_due",
         pinned_ready=f"{base}:pinned_ready",
         capacity=f"{base}:capacity",
         layout=f"{base}:layout",

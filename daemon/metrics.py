@@ -33,6 +33,7 @@ from prometheus_client.process_collector import ProcessCollector
 from redis.exceptions import RedisError
 
 from daemon import keys
+from daemon.learned_capacity import effective_max_jobs, learned_now
 
 if TYPE_CHECKING:
     from daemon.settings import Settings
@@ -230,6 +231,7 @@ class RedisStateCollector:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
         self.accounts = {p: [a.name for a in settings.accounts_for(p)] for p in settings.providers()}
+        self.recovery_ms = max(1, int(settings.capacity_recovery * 1000))
         self.families: list[Metric] = []
 
     async def read(self) -> None:
@@ -261,11 +263,13 @@ class RedisStateCollector:
                 pipe.zrange(pk.cooldown, 0, -1, withscores=True)
                 pipe.zrange(pk.room, 0, -1, withscores=True)
                 pipe.hgetall(pk.foreign)
+                pipe.hgetall(pk.learned)
+                pipe.zrange(pk.learned_due, 0, -1, withscores=True)
                 # Leases past their expiry that no script has dropped yet hold no slot.
                 pipe.zrangebyscore(pk.leases, "-inf", f"({now_ms}", start=0, num=EXPIRED_LEASES_READ)
             pipe.zcard(keys.ARQ_QUEUE)
             results: list[Any] = await pipe.execute()
-        per_provider = len(keys.STATES) + 8
+        per_provider = len(keys.STATES) + 10
         expired = {
             provider: results[n * per_provider + per_provider - 1] for n, provider in enumerate(self.accounts)
         }
@@ -291,6 +295,8 @@ class RedisStateCollector:
         per_account = ["provider", "account"]
         busy = GaugeMetricFamily("genrelay_slots_busy", "Slots held by a live lease.", labels=per_account)
         total = GaugeMetricFamily("genrelay_slots_max", "The account's maxJobs.", labels=per_account)
+        help_text = "maxJobs less the slots concurrency 429s showed in use elsewhere (at least 1)."
+        effective = GaugeMetricFamily("genrelay_slots_effective", help_text, labels=per_account)
         cooling = GaugeMetricFamily(
             "genrelay_account_cooling_down", "1 while a 429 cools the account down.", labels=per_account
         )
@@ -306,8 +312,9 @@ class RedisStateCollector:
                 jobs.add_metric([provider, state], next(rows))
             queue.add_metric([provider], next(rows) + next(rows))
             max_jobs, disabled_names, cooldowns = next(rows), set(next(rows)), next(rows)
-            room, foreign, _ = dict(next(rows)), next(rows), next(rows)
-            # Layout-2 room (lua/lib.lua) is maxJobs - foreign - leases - the disabled / cooling
+            room, foreign = dict(next(rows)), next(rows)
+            learned, learned_due, _ = next(rows), dict(next(rows)), next(rows)
+            # Room (lua/lib.lua) is maxJobs - foreign - learned - leases - the disabled / cooling
             # offsets: the leases held come out of it without reading one lease.
             now_ms = time.time() * 1000
             cooling_names = {name for name, until in cooldowns if until > now_ms}
@@ -316,18 +323,21 @@ class RedisStateCollector:
                 labels = [provider, account]
                 offsets = keys.ROOM_DISABLED_OFFSET * (account in disabled_names)
                 offsets += keys.ROOM_COOLING_OFFSET * (account in cooling_entries)
-                held = int(max_jobs.get(account, 0)) - int(foreign.get(account, 0)) - offsets
+                configured, taken = int(max_jobs.get(account, 0)), int(learned.get(account, 0))
+                held = configured - int(foreign.get(account, 0)) - taken - offsets
                 held -= room.get(account, 0)
                 held -= stale[provider][account]
                 busy.add_metric(labels, max(0, int(held)) if account in room else 0)
-                total.add_metric(labels, int(max_jobs.get(account, 0)))
+                total.add_metric(labels, configured)
+                left = learned_now(taken, learned_due.get(account), int(now_ms), self.recovery_ms)
+                effective.add_metric(labels, effective_max_jobs(configured, left))
                 cooling.add_metric(labels, int(account in cooling_names))
                 disabled.add_metric(labels, int(account in disabled_names))
         backlog = GaugeMetricFamily(
             "genrelay_arq_queue_depth", "Tasks on the arq queue (due or deferred), all providers together."
         )
         backlog.add_metric([], next(rows))
-        return [jobs, queue, busy, total, cooling, disabled, backlog]
+        return [jobs, queue, busy, total, effective, cooling, disabled, backlog]
 
 
 async def render_web_metrics(client: aioredis.Redis, settings: Settings) -> bytes:

@@ -77,6 +77,7 @@ class Settings:
     sweep_interval: float
     capacity_sync_interval: float
     reconcile_grace: float
+    capacity_recovery: float
     job_retention: float
     asset_retention: float
     worker_concurrency: int
@@ -169,6 +170,9 @@ class Settings:
             # A job missing from that listing counts as gone only when the listing was read this long
             # after its submit (the provider may not list a just-accepted job yet).
             reconcile_grace=reader.number("RECONCILE_GRACE", 5.0),
+            # A concurrency 429 lowers an account's effective slot count by one; one slot comes back
+            # after each this many seconds without another (docs/slots.md "Learned capacity").
+            capacity_recovery=reader.number("CAPACITY_RECOVERY", 120.0),
             job_retention=reader.number("JOB_RETENTION", 604800.0),
             # Asset records (GET /v1/assets) outlive the job records: 30 days from their creation.
             asset_retention=reader.number("ASSET_RETENTION", 2592000.0),

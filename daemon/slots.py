@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from daemon import keys
+from daemon.learned_capacity import effective_max_jobs, learned_now
 from daemon.providers.base import ProviderCapacity
 from daemon.scripts import Scripts
 from daemon.settings import Settings
@@ -42,6 +43,7 @@ class ProviderScope:
     keys: tuple[str, ...]
     lease_ms: int
     retention_s: int
+    recovery_ms: int = 120_000
 
     def config(self, now_ms: int | None = None) -> bytes:
         # Every script call sends this; only ``now_ms`` (tests) changes, so the rest is serialized once.
@@ -55,6 +57,7 @@ class ProviderScope:
                 "lease_ms": self.lease_ms,
                 "events_maxlen": EVENTS_MAXLEN,
                 "retention_s": self.retention_s,
+                "recovery_ms": self.recovery_ms,
             }
             head = _CONFIG_HEADS[self] = orjson.dumps(static)[:-1]
         return head
@@ -105,6 +108,7 @@ def build_scope(settings: Settings, provider: str) -> ProviderScope:
         keys=tuple(keys.provider_keys(provider).fixed()),
         lease_ms=int(settings.lease_ttl_for(provider) * 1000),
         retention_s=int(settings.job_retention),
+        recovery_ms=max(1, int(settings.capacity_recovery * 1000)),
     )
 
 
@@ -296,7 +300,22 @@ class SlotAllocator:
             pipe.hgetall(pk.capacity)
             pipe.zrangebyscore(pk.leases, now_ms, "+inf")
             pipe.hgetall(pk.lease_account)
-            maxes, disabled, cooldowns, unpinned, pinned, foreign, synced, live, owners = await pipe.execute()
+            pipe.hgetall(pk.learned)
+            pipe.zrange(pk.learned_due, 0, -1, withscores=True)
+            (
+                maxes,
+                disabled,
+                cooldowns,
+                unpinned,
+                pinned,
+                foreign,
+                synced,
+                live,
+                owners,
+                learned,
+                due,
+            ) = await pipe.execute()
+        due_at = dict(due)
         cooldown = {name: int(until) for name, until in cooldowns if until > now_ms}
         leases: dict[str, list[str]] = {account: [] for account in self._account_names(scope.provider)}
         for job in live:
@@ -308,6 +327,8 @@ class SlotAllocator:
         for account, held in leases.items():
             max_jobs = int(maxes.get(account, 0))
             busy = int(foreign.get(account, 0))
+            taken = learned_now(int(learned.get(account, 0)), due_at.get(account), now_ms, scope.recovery_ms)
+            effective = effective_max_jobs(max_jobs, taken)
             sync = _sync_record(synced.get(account))
             available.append(
                 {
@@ -315,7 +336,9 @@ class SlotAllocator:
                     "email": account,
                     "maxJobs": max_jobs,
                     "executing": len(held),
-                    "available": max(0, max_jobs - len(held) - busy),
+                    # What concurrency 429s left of maxJobs (docs/slots.md "Learned capacity").
+                    "effectiveMaxJobs": effective,
+                    "available": max(0, effective - len(held) - busy),
                     # Jobs the provider runs on the account that are not ours (from the last sync).
                     "foreign": busy,
                     "lastSync": sync.get("synced_ms"),

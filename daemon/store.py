@@ -250,12 +250,29 @@ class JobStore:
         return str(r[0])
 
     async def requeue(
-        self, job_id: str, account: str, *, cooldown_until_ms: int = 0, disable_reason: str = "", message: str
+        self,
+        job_id: str,
+        account: str,
+        *,
+        cooldown_until_ms: int = 0,
+        disable_reason: str = "",
+        message: str,
+        concurrency: bool = False,
     ) -> str:
+        """Give the slot back and put the job in line again (``lua/requeue.lua``). ``concurrency``: the
+        provider answered that every slot of the account is in use, which lowers the account's
+        effective slot count instead of cooling it down (down to one; then the cooldown applies)."""
         scope = self.slots.scope(keys.provider_of(job_id) or "")
         r = await self.scripts.requeue(
             keys=scope.keys_with(keys.job_key(job_id)),
-            args=[scope.config(), account, cooldown_until_ms, disable_reason, message],
+            args=[
+                scope.config(),
+                account,
+                cooldown_until_ms,
+                disable_reason,
+                message,
+                "1" if concurrency else "0",
+            ],
         )
         return str(r[0])
 

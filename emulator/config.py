@@ -13,6 +13,8 @@ LIVE_KNOBS: tuple[str, ...] = (
     "failure_rate",
     "retention_seconds",
     "retry_after_seconds",
+    # LTX: the share of submits answered 429 rate_limit_error (emulator/ltx.py)
+    "ltx_rate_limit_rate",
     # useapi.net callback faults (emulator/webhooks.py): drop, duplicate and delay act on the next
     # callback sent; the others shape the callbacks of jobs submitted from then on.
     "webhook_drop_rate",
@@ -62,6 +64,9 @@ class EmulatorConfig:
     failure_rate: float = 0.0
     retention_seconds: float = 86400.0
     retry_after_seconds: int = 1
+    # LTX: this share of submits is answered 429 ``rate_limit_error`` (a request-rate limit,
+    # https://docs.ltx.video/rate-limits), drawn from the seeded generator.
+    ltx_rate_limit_rate: float = 0.0
     public_base: str = DEFAULT_PUBLIC_BASE
     seed: int | None = None
     # useapi.net (LTX Studio): API token -> {account email: maxJobs}; one token is one subscription.
@@ -127,6 +132,7 @@ class EmulatorConfig:
         _check_number("failure_rate", self.failure_rate, 0.0, 1.0)
         _check_number("retention_seconds", self.retention_seconds, 0.0, None)
         _check_int("retry_after_seconds", self.retry_after_seconds, 0)
+        _check_number("ltx_rate_limit_rate", self.ltx_rate_limit_rate, 0.0, 1.0)
         _check_number("webhook_drop_rate", self.webhook_drop_rate, 0.0, 1.0)
         _check_number("webhook_duplicate_rate", self.webhook_duplicate_rate, 0.0, 1.0)
         _check_number("webhook_delay_seconds", self.webhook_delay_seconds, 0.0, None)

@@ -22,6 +22,8 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{PREFIX}/config", get_config),
         web.post(f"{PREFIX}/config", update_config),
         web.post(f"{PREFIX}/keys", register_key),
+        web.post(f"{PREFIX}/ltx-foreign-jobs", start_foreign_job),
+        web.delete(f"{PREFIX}/ltx-foreign-jobs/{{job_id}}", end_foreign_job),
         web.get(f"{PREFIX}/faults", list_faults),
         web.post(f"{PREFIX}/faults", add_fault),
         web.post(f"{PREFIX}/reset", reset),
@@ -61,6 +63,29 @@ async def register_key(request: web.Request) -> web.Response:
         raise ApiError(400, "max_jobs must be an integer >= 0")
     request.app[STATE_KEY].register_key(key, max_jobs)
     return json_response({"key": key, "max_jobs": max_jobs})
+
+
+async def start_foreign_job(request: web.Request) -> web.Response:
+    """Start a job on an LTX key from outside the emulated client ``{key, seconds?}``: it holds one
+    of the key's slots for ``seconds`` (omitted: until ``DELETE .../ltx-foreign-jobs/{id}``)."""
+    body = await read_object(request)
+    key, seconds = body.get("key"), body.get("seconds")
+    state = request.app[STATE_KEY]
+    if not isinstance(key, str) or state.account(key) is None:
+        raise ApiError(400, "key must name a known LTX key")
+    valid = isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0
+    if seconds is not None and not valid:
+        raise ApiError(400, "seconds must be a number > 0")
+    job_id = state.start_foreign(key, float(seconds) if seconds is not None else None)
+    return json_response({"id": job_id, "key": key, "seconds": seconds})
+
+
+async def end_foreign_job(request: web.Request) -> web.Response:
+    """End a foreign job now: its slot frees."""
+    job_id = request.match_info["job_id"]
+    if not request.app[STATE_KEY].end_foreign(job_id):
+        raise ApiError(404, f"no foreign job {job_id}")
+    return json_response({"id": job_id, "ended": True})
 
 
 async def register_useapi_account(request: web.Request) -> web.Response:

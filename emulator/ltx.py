@@ -54,6 +54,13 @@ async def submit(request: web.Request) -> web.Response:
     endpoint = known_endpoint(request)
     body = await read_object(request)
     validate(endpoint, body)
+    if state.rate_limited(key):
+        raise ApiError(
+            429,
+            "Too many requests for this API key, retry later",
+            "rate_limit_error",
+            {"Retry-After": str(state.config.retry_after_seconds)},
+        )
     prompt = body.get("prompt")
     job = state.submit(key, endpoint, prompt if isinstance(prompt, str) else "")
     if job is None:

@@ -85,18 +85,30 @@ class KeyAccount:
     peak: int = 0
     submitted: int = 0
     rejected_429: int = 0
+    # The 429s by error.type (https://docs.ltx.video/rate-limits): every slot busy / too many requests.
+    rejected_concurrency: int = 0
+    rejected_rate: int = 0
     polls: int = 0
     # End times of this key's jobs, a min-heap: popping the finished ones leaves the live count.
     ends: list[float] = field(default_factory=list)
+    # Jobs started outside the emulated client (another app on the same key): id -> end (inf: until
+    # ended by the control route). They hold slots and are never listed or polled.
+    foreign: dict[str, float] = field(default_factory=dict)
 
     def executing(self, now: float) -> int:
         ends = self.ends
         while ends and ends[0] <= now:
             heapq.heappop(ends)
-        return len(ends)
+        for job_id in [j for j, end in self.foreign.items() if end <= now]:
+            del self.foreign[job_id]
+        return len(ends) + len(self.foreign)
 
     def to_json(self, now: float) -> dict[str, int]:
-        return account_stats(self, now)
+        return account_stats(self, now) | {
+            "rejected_concurrency": self.rejected_concurrency,
+            "rejected_rate": self.rejected_rate,
+            "foreign": sum(1 for end in self.foreign.values() if end > now),
+        }
 
 
 class EmulatorState:
@@ -124,14 +136,43 @@ class EmulatorState:
         else:
             found.max_jobs = max_jobs
 
+    def rate_limited(self, key: str) -> bool:
+        """Whether this submit gets a ``rate_limit_error`` 429 (the ``ltx_rate_limit_rate`` knob);
+        counted on the key."""
+        rate = self.config.ltx_rate_limit_rate
+        if rate <= 0 or self.rng.random() >= rate:
+            return False
+        account = self.accounts[key]
+        account.rejected_429 += 1
+        account.rejected_rate += 1
+        return True
+
+    def start_foreign(self, key: str, seconds: float | None) -> str:
+        """A job started on ``key`` by another client: it holds one of the key's slots for ``seconds``
+        (None: until ``end_foreign``), whatever the key's limit says."""
+        account = self.accounts[key]
+        job_id = f"foreign-{self.rng.getrandbits(64):016x}"
+        now = self.clock()
+        account.foreign[job_id] = now + seconds if seconds is not None else float("inf")
+        account.peak = max(account.peak, account.executing(now))
+        return job_id
+
+    def end_foreign(self, job_id: str) -> bool:
+        for account in self.accounts.values():
+            if account.foreign.pop(job_id, None) is not None:
+                return True
+        return False
+
     def submit(self, key: str, endpoint: str, prompt: str) -> Job | None:
-        """Create a job, or None when the key already has max_jobs jobs that are not yet terminal."""
+        """Create a job, or None when the key already has max_jobs jobs that are not yet terminal
+        (its own and the foreign ones)."""
         now = self.clock()
         self._drop_expired(now)
         account = self.accounts[key]
         executing = account.executing(now)
         if executing >= account.max_jobs:
             account.rejected_429 += 1
+            account.rejected_concurrency += 1
             return None
         job = self._new_job(key, endpoint, prompt, now)
         self.jobs[job.id] = job

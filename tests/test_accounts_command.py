@@ -29,8 +29,12 @@ async def test_accounts_table_and_enable_disable(
     shown = accounts(env)
     assert shown.returncode == 0, shown.stderr
     rows = [line.split() for line in shown.stdout.splitlines()]
-    assert rows[0] == ["provider", "account", "maxJobs", "executing", "available", "state"]
-    assert rows[1:3] == [["ltx", "a1", "1", "0", "1", "ok"], ["ltx", "a2", "3", "0", "3", "ok"]]
+    header = ["provider", "account", "maxJobs", "effectiveMaxJobs", "executing", "available", "state"]
+    assert rows[0] == header
+    assert rows[1:3] == [
+        ["ltx", "a1", "1", "1", "0", "1", "ok"],
+        ["ltx", "a2", "3", "3", "0", "3", "ok"],
+    ]
 
     disabled = accounts(env, "disable", "a2")
     assert disabled.returncode == 0, disabled.stderr

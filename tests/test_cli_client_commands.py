@@ -116,6 +116,7 @@ async def test_accounts_and_deliveries_without_keys_as_tables_and_json(
         "provider",
         "account",
         "maxJobs",
+        "effectiveMaxJobs",
         "executing",
         "available",
         "state",
@@ -123,10 +124,11 @@ async def test_accounts_and_deliveries_without_keys_as_tables_and_json(
     code, out, err = await genrelay(env, "accounts", "--json")
     assert code == 0, err
     shown = orjson.loads(out)
-    assert [(a["account"], a["maxJobs"], a["available"], a["state"]) for a in shown["accounts"]] == [
-        ("a1", 2, 2, "ok"),
-        ("a2", 1, 1, "ok"),
+    rows = [
+        (a["account"], a["maxJobs"], a["effectiveMaxJobs"], a["available"], a["state"])
+        for a in shown["accounts"]
     ]
+    assert rows == [("a1", 2, 2, 2, "ok"), ("a2", 1, 1, 1, "ok")]
     assert shown["waiting"] == {"ltx": 0}
     code, out, err = await genrelay(env, "accounts", "disable", "a2", "--json")
     assert code == 0, err

@@ -401,6 +401,9 @@ async def test_submit_at_max_jobs_is_429_with_retry_after(make_client: MakeClien
         "submitted": 2,
         "rejected_429": 1,
         "polls": 1,
+        "rejected_concurrency": 1,
+        "rejected_rate": 0,
+        "foreign": 0,
     }
     # Another key has its own limit.
     assert (await submit(client, text_body("four"), key=OTHER_KEY)).status == 202
@@ -423,7 +426,43 @@ async def test_slot_is_held_until_the_job_ends(make_client: MakeClient) -> None:
         "submitted": 2,
         "rejected_429": 1,
         "polls": 0,
+        "rejected_concurrency": 1,
+        "rejected_rate": 0,
+        "foreign": 0,
     }
+
+
+async def test_a_foreign_job_holds_a_slot_of_the_key_until_it_ends(make_client: MakeClient) -> None:
+    """A job started outside the client holds one of the key's slots (for N seconds, or until ended
+    by the control route); the submit that finds every slot busy is a concurrency 429."""
+    clock = FakeClock()
+    client = await make_client(clock=clock, keys={KEY: 2}, job_seconds=3600)
+    held = await control(client, "ltx-foreign-jobs", {"key": KEY})
+    timed = await control(client, "ltx-foreign-jobs", {"key": KEY, "seconds": 5})
+    resp = await submit(client, text_body("no slot"))
+    await assert_error(resp, 429, "concurrency_limit_error")
+    clock.now += 5
+    await submit_id(client, text_body("the timed one ended"))
+    assert (await submit(client, text_body("full again"))).status == 429
+    gone = await client.delete(f"/_emulator/ltx-foreign-jobs/{held['id']}")
+    assert gone.status == 200
+    assert (await client.delete(f"/_emulator/ltx-foreign-jobs/{timed['id']}")).status == 404
+    await submit_id(client, text_body("the held one ended"))
+    stats = await stats_for(client)
+    assert (stats["rejected_concurrency"], stats["foreign"], stats["executing"]) == (2, 0, 2)
+    bad = await client.post("/_emulator/ltx-foreign-jobs", json={"key": "nobody"})
+    assert bad.status == 400
+
+
+async def test_the_rate_limit_knob_answers_rate_limit_errors(make_client: MakeClient) -> None:
+    client = await make_client(ltx_rate_limit_rate=1.0, retry_after_seconds=3)
+    resp = await submit(client, text_body("too fast"))
+    await assert_error(resp, 429, "rate_limit_error")
+    assert resp.headers["Retry-After"] == "3"
+    await client.post("/_emulator/config", json={"ltx_rate_limit_rate": 0.0})
+    await submit_id(client, text_body("calm now"))
+    stats = await stats_for(client)
+    assert (stats["rejected_rate"], stats["rejected_concurrency"], stats["submitted"]) == (1, 0, 1)
 
 
 async def test_peak_never_exceeds_max_jobs_under_concurrent_submits(make_client: MakeClient) -> None:

@@ -10,6 +10,8 @@ import pytest
 
 from daemon import keys
 from daemon.client import Client
+from daemon.errors import Limit, ProviderError
+from daemon.providers import ltx, useapi, vydra
 from tests.conftest import API_KEYS, Emulator
 from tests.harness import slots as slot_index
 
@@ -128,3 +130,27 @@ async def test_404_after_retention_ends_the_job_as_lost(
     assert job["status"]["type"] == "failed"
     assert job["errorType"] == "lost"
     assert "404" in job["status"]["message"] and "retention" in job["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("classify", "body", "limit"),
+    [
+        (ltx.classify, {"error": {"type": "concurrency_limit_error", "message": "busy"}}, Limit.CONCURRENCY),
+        (ltx.classify, {"error": {"type": "rate_limit_error", "message": "slow down"}}, Limit.RATE),
+        (ltx.classify, {"error": {"message": "no type"}}, Limit.RATE),
+        (useapi.classify, {"error": "API query is full, try again later"}, Limit.CONCURRENCY),
+        (useapi.classify, {"error": "maxJobs reached"}, Limit.CONCURRENCY),
+        (useapi.classify, {"error": "Too many requests"}, Limit.RATE),
+        (vydra.classify, {"limits": {"type": "concurrent"}}, Limit.CONCURRENCY),
+        (vydra.classify, {"code": "RATE_LIMIT_EXCEEDED", "limits": {"type": "minute"}}, Limit.RATE),
+    ],
+)
+def test_a_429_says_which_limit_was_hit(classify: Any, body: dict[str, Any], limit: Limit) -> None:
+    """A concurrency 429 lowers the account's effective slots, a rate 429 cools it down
+    (docs/providers.md §1, §2.5, §3.5); other statuses name no limit."""
+    with pytest.raises(ProviderError) as caught:
+        classify(429, body, {"Retry-After": "2"})
+    assert (caught.value.limit, caught.value.retry_after) == (limit, 2.0)
+    with pytest.raises(ProviderError) as other:
+        classify(503, body, {})
+    assert other.value.limit is None

@@ -6,6 +6,8 @@ Steps: new jobs (some pinned, priorities 0-9, alone or in floods that fill every
 worker's claim and the provider's acceptance, progress (which renews a lease), terminal transitions
 of jobs in any state, leases that run out (dropped by whichever later script settles them; the
 sweep fails their jobs), 429s and auth errors (``requeue.lua``: a cooldown, a disable, or both),
+concurrency 429s that lower an account's effective slot count (never below one; one slot back per
+quiet period, all of them at the account's next capacity sync),
 cooldowns that end, an operator's disable and enable, a rewritten accounts file with new
 ``maxJobs`` values, and capacity syncs listing foreign jobs and some of ours (adopted, kept, moved
 or rebuilt leases).
@@ -17,8 +19,9 @@ unpinned job goes to the account with the most room, ties to the last by name.
 What the scripts promise about slots, checked from Redis alone after every step:
 
 * a grant (``create_job``'s dispatch or a hand-off) happens only on an account that is enabled, not
-  cooling down and holds fewer than ``maxJobs - foreign`` leases at that moment; so an account
-  that received a grant in a step holds at most ``maxJobs - foreign`` leases after it. Leases are
+  cooling down and holds fewer than ``maxJobs - foreign - learned`` leases at that moment; so an
+  account that received a grant in a step holds at most ``maxJobs - foreign - learned`` leases
+  after it. Leases are
   never revoked: a lower ``maxJobs`` or a higher foreign count can leave an account with more
   leases than slots until those jobs end, and a capacity sync gives a job the provider lists as
   ours a lease on the account it lists it under even past that limit;
@@ -73,6 +76,9 @@ ENABLED_FLOOR = -ROOM_DISABLED_OFFSET // 2
 START_MS = 1_750_000_000_000
 GRACE_MS = 1000
 LIVE = ("queued", "submitting", "active")
+# The quiet period after which one learned slot comes back (GENRELAY_CAPACITY_RECOVERY), in ms: a
+# few steps of ``time_passes``.
+RECOVERY_MS = 150
 
 
 @dataclass
@@ -136,6 +142,8 @@ class Model:
     disabled: dict[str, str] = field(default_factory=dict)
     cooling: dict[str, int] = field(default_factory=dict)  # account -> until (ms)
     foreign: dict[str, int] = field(default_factory=dict)
+    learned: dict[str, int] = field(default_factory=dict)  # account -> slots concurrency 429s took
+    learned_due: dict[str, int] = field(default_factory=dict)  # account -> next slot back (ms)
     leases: dict[str, str] = field(default_factory=dict)  # job -> account
     expiry: dict[str, int] = field(default_factory=dict)  # job -> lease expiry (ms)
     recorded: dict[str, int] = field(default_factory=dict)  # job -> 'lease_until' of its record
@@ -154,7 +162,7 @@ class Model:
 
     def room(self, account: str, counts: Counter[str] | None = None) -> int:
         held = (counts if counts is not None else self.lease_counts())[account]
-        room = self.max_jobs[account] - self.foreign.get(account, 0) - held
+        room = self.max_jobs[account] - self.foreign.get(account, 0) - self.learned.get(account, 0) - held
         if account in self.disabled:
             room -= ROOM_DISABLED_OFFSET
         if account in self.cooling:
@@ -196,6 +204,28 @@ class Model:
             self.expired.append(job_id)
         for account in [a for a, until in self.cooling.items() if until <= self.now]:
             del self.cooling[account]
+        for account, due in list(self.learned_due.items()):
+            if due > self.now:
+                continue
+            back = min(self.learned[account], 1 + (self.now - due) // RECOVERY_MS)
+            if back >= self.learned[account]:
+                self.forget_learned(account)
+            else:
+                self.learned[account] -= back
+                self.learned_due[account] = due + back * RECOVERY_MS
+
+    def forget_learned(self, account: str) -> None:
+        self.learned.pop(account, None)
+        self.learned_due.pop(account, None)
+
+    def learn_busy(self, account: str) -> bool:
+        learned = self.learned.get(account, 0)
+        lowered = learned < self.max_jobs[account] - 1
+        if lowered:
+            self.learned[account] = learned = learned + 1
+        if learned > 0:
+            self.learned_due[account] = self.now + RECOVERY_MS
+        return lowered
 
     def add_lease(self, account: str, job_id: str) -> None:
         assert job_id not in self.leases
@@ -308,9 +338,13 @@ class Model:
         self.expired = [j for j in self.expired if j != job_id]
 
     @script
-    def requeue(self, job_id: str, account: str, until_ms: int, reason: str) -> str:
+    def requeue(
+        self, job_id: str, account: str, until_ms: int, reason: str, concurrency: bool = False
+    ) -> str:
         self.drop_expired()
-        if until_ms > self.now:
+        if concurrency and self.learn_busy(account):
+            pass
+        elif until_ms > self.now:
             current = self.cooling.get(account)
             if current is None or until_ms > current:
                 self.cooling[account] = until_ms
@@ -344,6 +378,12 @@ class Model:
     def sync(self, max_jobs: dict[str, int]) -> None:
         self.drop_expired()
         self.max_jobs.update(max_jobs)
+        for account, slots in self.max_jobs.items():
+            if self.learned.get(account, 0) > slots - 1:
+                if slots - 1 <= 0:
+                    self.forget_learned(account)
+                else:
+                    self.learned[account] = slots - 1
         self.handoff()
 
     @script
@@ -374,6 +414,7 @@ class Model:
             self.foreign[account] = foreign
         else:
             self.foreign.pop(account, None)
+        self.forget_learned(account)
         self.handoff()
         return foreign, adopted, rebuilt
 
@@ -413,7 +454,14 @@ class SlotIndexMachine(RuleBasedStateMachine):
 
     def settings_for(self, max_jobs: dict[str, int]) -> Settings:
         """Write the accounts file and read it back, as a restart or a re-sync would."""
-        env = process_env(self.tmp_path, self.redis_url, "http://127.0.0.1:9", max_jobs, **API_KEY_ENV)
+        env = process_env(
+            self.tmp_path,
+            self.redis_url,
+            "http://127.0.0.1:9",
+            max_jobs,
+            GENRELAY_CAPACITY_RECOVERY=str(RECOVERY_MS / 1000),
+            **API_KEY_ENV,
+        )
         return Settings.from_env(env)
 
     @initialize(data=st.data(), count=st.integers(1, len(NAMES)))
@@ -433,7 +481,7 @@ class SlotIndexMachine(RuleBasedStateMachine):
         """Every script call of ``slots`` (and of the store built on it) runs at the test's clock."""
         scope = slots.scope(PROVIDER)
         slots.scopes[PROVIDER] = ClockedScope(
-            scope.provider, scope.keys, scope.lease_ms, scope.retention_s, clock=self.clock
+            scope.provider, scope.keys, scope.lease_ms, scope.retention_s, scope.recovery_ms, clock=self.clock
         )
         return slots
 
@@ -583,22 +631,34 @@ class SlotIndexMachine(RuleBasedStateMachine):
     # -- accounts ---------------------------------------------------------------------------------
 
     @precondition(lambda self: bool(self.live_leased("queued", "submitting")))
-    @rule(data=st.data(), kind=st.sampled_from(["429", "auth", "both"]), cooldown_ms=st.integers(1, 300))
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(["429", "auth", "both", "concurrency"]),
+        cooldown_ms=st.integers(1, 300),
+    )
     def refused(self, data: st.DataObject, kind: str, cooldown_ms: int) -> None:
         """The provider refused the submit for a reason of the account: a 429 cools it down (or
-        extends its cooldown), an auth error disables it; the job goes back in line."""
+        extends its cooldown), an auth error disables it; a concurrency 429 lowers the account's
+        effective slot count (only an account down to one slot cools down); the job goes back in
+        line."""
         job_id = data.draw(st.sampled_from(self.live_leased("queued", "submitting")))
         if self.m.jobs[job_id].state == "queued":
             self.claim_one(job_id)
         account = self.m.leases[job_id]
         until = self.m.now + cooldown_ms if kind != "auth" else 0
-        reason = "credentials refused" if kind != "429" else ""
+        reason = "credentials refused" if kind in ("auth", "both") else ""
+        concurrency = kind == "concurrency"
         outcome = self.run(
             self.svc.store.requeue(
-                job_id, account, cooldown_until_ms=until, disable_reason=reason, message=kind
+                job_id,
+                account,
+                cooldown_until_ms=until,
+                disable_reason=reason,
+                message=kind,
+                concurrency=concurrency,
             )
         )
-        assert outcome == self.m.requeue(job_id, account, until, reason)
+        assert outcome == self.m.requeue(job_id, account, until, reason, concurrency)
 
     @rule(data=st.data(), reason=st.sampled_from(["maintenance", "billing"]))
     def disable(self, data: st.DataObject, reason: str) -> None:
@@ -664,6 +724,8 @@ class SlotIndexMachine(RuleBasedStateMachine):
             pipe.hgetall(PK.disabled)
             pipe.zrange(PK.cooldown, 0, -1, withscores=True)
             pipe.hgetall(PK.foreign)
+            pipe.hgetall(PK.learned)
+            pipe.zrange(PK.learned_due, 0, -1, withscores=True)
             pipe.zrange(PK.leases, 0, -1, withscores=True)
             pipe.hgetall(PK.lease_account)
             pipe.zrange(PK.held_by, 0, -1, withscores=True)
@@ -677,11 +739,20 @@ class SlotIndexMachine(RuleBasedStateMachine):
                 pipe.hget(keys.job_key(job_id), "state")
             found = await pipe.execute()
         names = (
-            "accounts disabled cooldown foreign leases lease_account held_by room waiting "
-            "waiting_pinned pins pinned_ready expired"
+            "accounts disabled cooldown foreign learned learned_due leases lease_account held_by room "
+            "waiting waiting_pinned pins pinned_ready expired"
         ).split()
         out = {name: found[i] for i, name in enumerate(names)}
-        for name in ("cooldown", "leases", "held_by", "room", "waiting", "waiting_pinned", "pinned_ready"):
+        for name in (
+            "cooldown",
+            "learned_due",
+            "leases",
+            "held_by",
+            "room",
+            "waiting",
+            "waiting_pinned",
+            "pinned_ready",
+        ):
             out[name] = dict(out[name])
         out["states"] = dict(zip(self.m.jobs, found[len(names) :], strict=True))
         return out
@@ -696,6 +767,8 @@ class SlotIndexMachine(RuleBasedStateMachine):
         assert got["disabled"] == m.disabled
         assert got["cooldown"] == {a: float(until) for a, until in m.cooling.items()}
         assert got["foreign"] == {a: str(n) for a, n in m.foreign.items()}
+        assert got["learned"] == {a: str(n) for a, n in m.learned.items()}
+        assert got["learned_due"] == {a: float(due) for a, due in m.learned_due.items()}
         assert got["lease_account"] == m.leases
         assert got["held_by"] == {f"{a}\n{j}": 0.0 for j, a in m.leases.items()}
         assert got["leases"] == {j: float(expiry) for j, expiry in m.expiry.items()}
@@ -721,6 +794,7 @@ class SlotIndexMachine(RuleBasedStateMachine):
             assert account not in got["disabled"], f"granted on disabled {member!r}"
             assert account not in got["cooldown"], f"granted on cooling {member!r}"
             slots = int(got["accounts"][account]) - int(got["foreign"].get(account, 0))
+            slots -= int(got["learned"].get(account, 0))
             assert counts[account] <= slots, f"{member!r}: {counts[account]} leases, {slots} slots"
         self.held_before, self.placed = held, set()
         rooms = got["room"]

@@ -16,8 +16,9 @@ from typing import Any
 import structlog
 from arq import Retry
 
+from daemon import keys
 from daemon.backoff import backoff_seconds
-from daemon.errors import ProviderAction, ProviderError
+from daemon.errors import Limit, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.keys import provider_of
 from daemon.metrics import count_submit_outcomes
@@ -118,14 +119,7 @@ async def _submit_failed(
         # Sent, no answer: the provider may have started (and billed) it. Never sent again blindly.
         return await _uncertain(ctx, runtime, job.id, account, f"submit got no answer: {exc}")
     if exc.action is ProviderAction.RETRY and exc.status == 429:
-        wait = backoff_seconds(claim.tries, settings.retry_base, settings.retry_max, exc.retry_after)
-        until_ms = int((time.time() + wait) * 1000)
-        outcome = await store.requeue(job.id, account, cooldown_until_ms=until_ms, message=str(exc))
-        await _dispatch_when_cooled(ctx, job.provider, until_ms)
-        # A 429 with a local slot free means the mirror is stale (someone else's jobs, lost leases).
-        await request_reconcile(ctx.get("redis"), job.provider)
-        log.warning("account cooling down", cooldown_s=round(wait, 3), outcome=outcome, **context)
-        return "cooldown"
+        return await _too_many(ctx, runtime, job, claim, exc)
     if exc.action is ProviderAction.STOP_ACCOUNT:
         outcome = await store.requeue(job.id, account, disable_reason=str(exc), message=str(exc))
         log.error(
@@ -147,6 +141,38 @@ async def _submit_failed(
     outcome = await store.apply(job.id, update, source="submit")
     log.warning("job failed at submit", error=message, outcome=outcome, **context)
     return "failed"
+
+
+async def _too_many(
+    ctx: dict[str, Any], runtime: WorkerRuntime, job: Job, claim: SubmitClaim, exc: ProviderError
+) -> str:
+    """A 429 on submit: the job goes back to the head of the line. A concurrency 429 (the account's
+    slots are all in use at the provider: someone else runs jobs on it) lowers the account's
+    effective slot count by one (docs/slots.md "Learned capacity"); a rate 429 cools the account
+    down for ``Retry-After``, or 1, 2, 4 ... ``GENRELAY_RETRY_MAX`` s by the job's tries without one."""
+    store, settings = runtime.services.store, runtime.services.settings
+    account = claim.account or ""
+    context = {"job_id": job.id, "provider": job.provider, "account": account, "status": exc.status}
+    if exc.retry_after is not None:
+        wait = exc.retry_after
+    else:
+        wait = min(settings.retry_max, settings.retry_base * 2 ** max(0, claim.tries - 1))
+    until_ms = int((time.time() + wait) * 1000)
+    concurrency = exc.limit is Limit.CONCURRENCY
+    outcome = await store.requeue(
+        job.id, account, cooldown_until_ms=until_ms, message=str(exc), concurrency=concurrency
+    )
+    await _dispatch_when_cooled(ctx, job.provider, until_ms)
+    # A 429 with a local slot free means the mirror is stale (someone else's jobs, lost leases).
+    await request_reconcile(ctx.get("redis"), job.provider)
+    if concurrency:
+        # One learned slot comes back after a quiet period: its waiting jobs get it then.
+        recovery_ms = int((time.time() + settings.capacity_recovery) * 1000)
+        await _dispatch_when_cooled(ctx, job.provider, recovery_ms)
+        log.warning("account busy elsewhere: effective slots lowered", outcome=outcome, **context)
+        return "busy"
+    log.warning("account cooling down", cooldown_s=round(wait, 3), outcome=outcome, **context)
+    return "cooldown"
 
 
 async def _interrupted(ctx: dict[str, Any], runtime: WorkerRuntime, job_id: str, claim: SubmitClaim) -> str:
@@ -200,4 +226,9 @@ async def dispatch_waiting(ctx: dict[str, Any], provider: str) -> int:
         await refuse(runtime.services.client, Task.DISPATCH_WAITING, ctx, "not scheduled by genrelay")
         return 0
     expired = await runtime.services.slots.sweep(provider, limit=0)
+    # Learned slots come back one per quiet period: the next one's waiting jobs get it when it does.
+    learned_due = keys.provider_keys(provider).learned_due
+    nxt = await runtime.services.client.zrange(learned_due, 0, 0, withscores=True)
+    if nxt:
+        await _dispatch_when_cooled(ctx, provider, int(nxt[0][1]))
     return len(expired)

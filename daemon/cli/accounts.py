@@ -14,7 +14,7 @@ from daemon.errors import InvalidRequest
 if TYPE_CHECKING:
     from daemon.settings import Settings
 
-COLUMNS = ("provider", "account", "maxJobs", "executing", "available", "state")
+COLUMNS = ("provider", "account", "maxJobs", "effectiveMaxJobs", "executing", "available", "state")
 
 
 def add_parser(sub: Any) -> None:
@@ -22,7 +22,9 @@ def add_parser(sub: Any) -> None:
         "accounts",
         help="show slots per account; enable or disable an account",
         description="Without an action (or with `show`): one row per account of the accounts file with "
-        "its maxJobs, the jobs executing on it, the free slots and its state (ok, cooling down after a "
+        "its maxJobs, its effective slot count (maxJobs less the slots concurrency 429s showed taken by "
+        "someone else; they come back one per GENRELAY_CAPACITY_RECOVERY seconds without one), the jobs "
+        "executing on it, the free slots and its state (ok, cooling down after a "
         "429, disabled), then the jobs waiting per provider. `enable NAME` / `disable NAME` switch an "
         "account on or off for new submissions (jobs running on it finish). Reads Redis only: the "
         "accounts' key variables need not be set.",
@@ -55,6 +57,7 @@ def account_rows(capacity: dict[str, Any], now_ms: int) -> list[tuple[str, ...]]
             entry["provider"],
             entry["email"],
             str(entry["maxJobs"]),
+            str(entry.get("effectiveMaxJobs", entry["maxJobs"])),
             str(entry["executing"]),
             str(entry["available"]),
             state_of(entry, now_ms),
@@ -86,6 +89,7 @@ def as_json(capacity: dict[str, Any], now_ms: int) -> dict[str, Any]:
             "provider": entry["provider"],
             "account": entry["email"],
             "maxJobs": entry["maxJobs"],
+            "effectiveMaxJobs": entry.get("effectiveMaxJobs", entry["maxJobs"]),
             "executing": entry["executing"],
             "available": entry["available"],
             "enabled": entry["enabled"],

@@ -1,5 +1,5 @@
 -- claim_submit.lua: a worker is about to call the provider for this job (write-ahead record).
--- KEYS: the prelude layout; KEYS[25] is the job's hash.
+-- KEYS: the prelude layout; KEYS[FIXED + 1] is the job's hash.
 -- Only a job that holds a live lease moves to 'submitting'; a holder that lost its lease must not
 -- submit (the job goes back in line instead).
 -- 'submit_open' is 1 from here until the worker records how the provider call ended; finding it

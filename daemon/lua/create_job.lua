@@ -1,5 +1,5 @@
 -- create_job.lua: store a new job and try to give it a slot, in one step.
--- KEYS: the prelude layout (lib.lua); KEYS[25] is the new job's hash.
+-- KEYS: the prelude layout (lib.lua); KEYS[FIXED + 1] is the new job's hash.
 -- ARGV[2]: JSON object of the job's fields (strings); ARGV[3]: pinned account or '';
 -- ARGV[4]: priority 0..9 (higher goes first).
 -- Returns {'exists'} when the id is taken (idempotent enqueue), {'dispatched', account} when a slot

@@ -22,21 +22,28 @@
 --   19 leases          zset    job -> lease expiry (ms): one index for every account of the provider
 --   20 lease_account   hash    job -> account its lease is on
 --   21 held_by         zset    score 0, "<account>\n<job>": the leases of one account by lex range
---   22 room            zset    account -> maxJobs - foreign - leases - 1e9 if disabled - 1e6 if
+--   22 room            zset    account -> maxJobs - foreign - learned - leases - 1e9 if disabled - 1e6 if
 --                              cooling down: free slots where positive; one member per account
 --   23 waiting_pinned  zset    score 0, "<account>\n<16-digit waiting score>\n<job>": per-account queues
 --   24 pinned_ready    zset    account -> score of its pinned queue's head, for exactly the accounts
 --                              with room > 0 and a pinned job waiting
---   25..               the script's own keys (the job hash, when it is about one job)
--- ARGV[1]: JSON config {lease_ms, events_maxlen, retention_s,
---          now_ms (tests only; production uses the Redis server clock)}
+--   25 learned         hash    account -> slots the provider refused with a concurrency 429 beyond
+--                              our count (someone else runs jobs on the key): the effective slot
+--                              count is maxJobs - learned, never below 1; absent = none
+--   26 learned_due     zset    account -> when one learned slot comes back (ms), for exactly the
+--                              accounts with learned slots
+--   27..               the script's own keys (the job hash, when it is about one job)
+-- ARGV[1]: JSON config {lease_ms, events_maxlen, retention_s, recovery_ms (the quiet period after
+--          which one learned slot comes back), now_ms (tests only; production uses the Redis
+--          server clock)}
 
 local K_ACCOUNTS, K_DISABLED, K_COOLDOWN, K_WAITING, K_PINS = 1, 2, 3, 4, 5
 local K_EVENTS, K_POLLS, K_POLLING, K_EXPIRED, K_INDEX = 6, 7, 8, 9, 10
 local K_STATE = {queued = 11, submitting = 12, active = 13, completed = 14, failed = 15, canceled = 16}
 local K_ARQ, K_FOREIGN = 17, 18
 local K_LEASES, K_LEASE_ACCOUNT, K_HELD_BY, K_ROOM, K_PINNED, K_PINNED_READY = 19, 20, 21, 22, 23, 24
-local FIXED = 24
+local K_LEARNED, K_LEARNED_DUE = 25, 26
+local FIXED = 26
 local RANK = {queued = 0, submitting = 1, active = 2, completed = 3, failed = 3, canceled = 3}
 local BAND = 1e13
 local DISABLED_OFFSET, COOLING_OFFSET = 1e9, 1e6
@@ -122,6 +129,53 @@ local function add_lease(job, account)
   return adjust_room(account, -1)
 end
 
+-- Learned slots (a concurrency 429 lowered the account's effective count) come back one per quiet
+-- period: the k-th comes back k periods after the last such 429, whenever a script settles it, so
+-- what the web shows (daemon/slots.py learned_now) and what the scripts apply always agree.
+local function learned_of(account)
+  return tonumber(redis.call('HGET', KEYS[K_LEARNED], account) or 0)
+end
+
+local function forget_learned(account)
+  redis.call('HDEL', KEYS[K_LEARNED], account)
+  redis.call('ZREM', KEYS[K_LEARNED_DUE], account)
+end
+
+local function settle_learned()
+  local due = redis.call('ZRANGEBYSCORE', KEYS[K_LEARNED_DUE], '-inf', NOW, 'WITHSCORES')
+  local period = math.max(1, tonumber(cfg.recovery_ms or 120000))
+  for i = 1, #due, 2 do
+    local account, at = due[i], tonumber(due[i + 1])
+    local learned = learned_of(account)
+    local back = math.min(learned, 1 + math.floor((NOW - at) / period))
+    if back >= learned then
+      forget_learned(account)
+    else
+      redis.call('HSET', KEYS[K_LEARNED], account, learned - back)
+      redis.call('ZADD', KEYS[K_LEARNED_DUE], at + back * period, account)
+    end
+    if back > 0 then adjust_room(account, back) end
+  end
+end
+
+-- The provider refused a submit with a concurrency 429 (its slots are all in use: someone else
+-- runs jobs on the key): the account's effective count drops by one, never below one, and the
+-- quiet period starts again. Returns true when the count dropped.
+local function learn_busy(account)
+  local max_jobs = tonumber(redis.call('HGET', KEYS[K_ACCOUNTS], account) or 0)
+  local learned = learned_of(account)
+  local lowered = learned < max_jobs - 1
+  if lowered then
+    learned = learned + 1
+    redis.call('HSET', KEYS[K_LEARNED], account, learned)
+    adjust_room(account, -1)
+  end
+  if learned > 0 then
+    redis.call('ZADD', KEYS[K_LEARNED_DUE], NOW + math.max(1, tonumber(cfg.recovery_ms or 120000)), account)
+  end
+  return lowered
+end
+
 -- Leases past their expiry free their slot now (the job is left for the sweep to fail), and
 -- cooldowns that are over give their account back. One range read each, whatever the pool.
 local settled = false
@@ -140,6 +194,7 @@ local function drop_expired()
     redis.call('ZREM', KEYS[K_COOLDOWN], account)
     adjust_room(account, COOLING_OFFSET)
   end
+  settle_learned()
 end
 
 local function cool_down(account, until_ms)
@@ -165,10 +220,16 @@ local function enable(account)
   if redis.call('HDEL', KEYS[K_DISABLED], account) == 1 then adjust_room(account, DISABLED_OFFSET) end
 end
 
--- The account's room from scratch (the accounts file changed, or an upgrade): O(log n).
+-- The account's room from scratch (the accounts file changed, or an upgrade): O(log n). A lowered
+-- maxJobs lowers the learned slots with it (the effective count stays at least one).
 local function rebuild_room(account, max_jobs)
   local low, high = lex_range(account)
-  local room = max_jobs - tonumber(redis.call('HGET', KEYS[K_FOREIGN], account) or 0)
+  local learned = learned_of(account)
+  if learned > 0 and learned > max_jobs - 1 then
+    learned = math.max(0, max_jobs - 1)
+    if learned == 0 then forget_learned(account) else redis.call('HSET', KEYS[K_LEARNED], account, learned) end
+  end
+  local room = max_jobs - tonumber(redis.call('HGET', KEYS[K_FOREIGN], account) or 0) - learned
                - redis.call('ZLEXCOUNT', KEYS[K_HELD_BY], low, high)
   if redis.call('HEXISTS', KEYS[K_DISABLED], account) == 1 then room = room - DISABLED_OFFSET end
   if redis.call('ZSCORE', KEYS[K_COOLDOWN], account) then room = room - COOLING_OFFSET end

@@ -2,7 +2,7 @@
 -- died mid-call): the provider may have accepted it. The job stays in 'submitting' holding its
 -- lease until the capacity sync (reconcile.lua) finds it in the provider's listing (adopted) or
 -- sees it absent long enough after this moment (sent again).
--- KEYS: the prelude layout; KEYS[25] is the job's hash. ARGV[2]: message for the record.
+-- KEYS: the prelude layout; KEYS[FIXED + 1] is the job's hash. ARGV[2]: message for the record.
 -- Returns {'marked', account} | {'skip', state} | {'missing'}.
 
 local r = redis.call('HMGET', JOB_KEY, 'id', 'state', 'account')

@@ -1,6 +1,6 @@
 -- poll_failed.lua: a status read failed (network error, 5xx, 429). Count it; poll again after a
 -- backoff; after too many in a row, fail the job with the last error.
--- KEYS: the prelude layout; KEYS[25] is the job's hash.
+-- KEYS: the prelude layout; KEYS[FIXED + 1] is the job's hash.
 -- ARGV[2]: backoff base (ms); ARGV[3]: backoff cap (ms); ARGV[4]: max consecutive errors;
 -- ARGV[5]: message; ARGV[6]: retry-after (ms, 0 = none); ARGV[7]: random 0..1000 for jitter.
 -- Returns {'retry', delay_ms} | {'failed'} | {'skip', state}.

@@ -1,6 +1,6 @@
 -- reconcile.lua: make one account's slots agree with what the provider says runs on it.
--- KEYS: the prelude layout; KEYS[25] is the provider's capacity record hash (account -> JSON of
--- the last sync); KEYS[26..] are the hashes of the jobs named in ARGV[2].jobs, in that order.
+-- KEYS: the prelude layout; KEYS[FIXED + 1] is the provider's capacity record hash (account -> JSON of
+-- the last sync); KEYS[FIXED + 2..] are the hashes of the jobs named in ARGV[2].jobs, in that order.
 -- ARGV[2]: JSON {account, listed_at_ms (Redis time just before the listing was requested),
 --   grace_ms, poll_ms, lists_refs (the provider echoes our ref), max_tries, provider_max (or null),
 --   entries [{pid, job ('' = no candidate), by ('ref' | 'pid')}], jobs [job ids]}.
@@ -22,6 +22,8 @@
 --     interrupted (a second submit could pay twice).
 --   * an active job submitted more than grace_ms before the listing: its next status read is due
 --     now (a 404 there ends it as lost and frees the slot); it is not ended blindly.
+-- The listing replaces what concurrency 429s taught (lib.lua learn_busy): the jobs that are not ours
+-- are counted as foreign now, so the learned slots come back at once.
 -- Freed slots go to the waiting jobs in the same script.
 -- Returns JSON {foreign, adopted[], rebuilt[], resubmitted[], interrupted[], checked[]}.
 
@@ -135,6 +137,7 @@ if foreign > 0 then
 else
   redis.call('HDEL', KEYS[K_FOREIGN], account)
 end
+forget_learned(account)
 -- The account's room from what is held now: the foreign count changed, and lease keys lost to an
 -- older snapshot heal here too (O(log n)).
 rebuild_room(account, tonumber(redis.call('HGET', KEYS[K_ACCOUNTS], account)))

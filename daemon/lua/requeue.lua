@@ -2,9 +2,12 @@
 -- (429 / no capacity, or auth / credits): give the slot back, cool down or disable the account,
 -- and put the job back at the head of its priority band. The freed slots go to the next jobs in
 -- the same script (possibly this job, on another account).
--- KEYS: the prelude layout; KEYS[25] is the job's hash.
+-- A concurrency 429 (ARGV[6] = '1': the provider's slots are all in use) lowers the account's
+-- effective slot count by one instead of cooling it down; only an account already down to one
+-- effective slot cools down then (lib.lua learn_busy).
+-- KEYS: the prelude layout; KEYS[FIXED + 1] is the job's hash.
 -- ARGV[2]: account; ARGV[3]: cooldown until (ms, 0 = none); ARGV[4]: disable reason ('' = none);
--- ARGV[5]: message for the event.
+-- ARGV[5]: message for the event; ARGV[6]: '1' for a concurrency 429.
 -- Returns {'requeued'} | {'failed'} (no enabled account is left for it) | {'skip', state}.
 
 local job = redis.call('HGET', JOB_KEY, 'id')
@@ -14,7 +17,7 @@ if state ~= 'submitting' and state ~= 'queued' then return {'skip', state} end
 local account = ARGV[2]
 drop_expired()
 if redis.call('HEXISTS', KEYS[K_ACCOUNTS], account) == 1 then
-  cool_down(account, tonumber(ARGV[3]))
+  if ARGV[6] ~= '1' or not learn_busy(account) then cool_down(account, tonumber(ARGV[3])) end
   if ARGV[4] ~= '' then disable(account, ARGV[4]) end
 end
 release(job)

@@ -1,7 +1,7 @@
 -- sweep.lua: repair what a crash left behind. Drops expired leases, hands free slots to waiting
 -- jobs, re-queues 'queued' jobs that hold no lease and wait nowhere, and returns up to ARGV[2]
 -- jobs whose lease expired so the caller fails them as timed out.
--- KEYS: the prelude layout; KEYS[25] a counter: where in the 'queued' index the last sweep stopped.
+-- KEYS: the prelude layout; KEYS[FIXED + 1] a counter: where in the 'queued' index the last sweep stopped.
 -- ARGV[2]: max jobs to return. ARGV[3]: 'queued' jobs looked at per sweep (the next sweep goes on
 -- from there, so each call costs the same however long the queue is).
 -- Returns {expired job ids...}

@@ -19,6 +19,7 @@ for _, name in ipairs(redis.call('HKEYS', KEYS[K_ACCOUNTS])) do
     redis.call('HDEL', KEYS[K_ACCOUNTS], name)
     redis.call('ZREM', KEYS[K_ROOM], name)
     redis.call('ZREM', KEYS[K_PINNED_READY], name)
+    forget_learned(name)
   end
 end
 redis.call('SET', KEYS[FIXED + 1], ARGV[3])

@@ -5,7 +5,7 @@
 -- account). Layout 2 keeps one lease index, per-account pinned queues and the room index.
 -- Layout 3 keeps a claimed poll in the poll schedule itself (its claim's expiry + 0.5) instead of
 -- a zset of claims ('polling').
--- KEYS: the prelude layout; KEYS[25] the layout version key; KEYS[26..] the layout-1 lease zsets.
+-- KEYS: the prelude layout; KEYS[FIXED + 1] the layout version key; KEYS[FIXED + 2..] the layout-1 lease zsets.
 -- ARGV[2]: JSON [account of each layout-1 lease zset, in KEYS order].
 -- Returns 0 when the keys were in layout 3 already, else the number of leases moved (layout 1)
 -- plus the claims moved (layout 2 and before).

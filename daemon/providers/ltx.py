@@ -14,7 +14,7 @@ from urllib.parse import quote
 import aiohttp
 
 from daemon.accounts_file import Account
-from daemon.errors import ProviderAction, ProviderError
+from daemon.errors import Limit, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.providers.base import action_for_status, lost, request_json, retry_after_seconds
 
@@ -30,6 +30,8 @@ RESULT_KEYS = {
 }
 RESULT_RETENTION_MS = 24 * 3600 * 1000
 STOP_ACCOUNT_STATUSES = frozenset({401, 402, 403})
+# A 429's error.type says which limit was hit (https://docs.ltx.video/rate-limits, docs/providers.md §2.5).
+LIMITS = {"concurrency_limit_error": Limit.CONCURRENCY, "rate_limit_error": Limit.RATE}
 # LTX reports no percentage: a processing job is shown half way.
 PROCESSING_PROGRESS = 50
 
@@ -41,8 +43,14 @@ def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
     message = error.get("message") if isinstance(error, dict) else None
     text = f"LTX {status} {error_type or 'error'}: {message or 'no message'}"
     action = action_for_status(status, STOP_ACCOUNT_STATUSES)
+    limit = (LIMITS.get(error_type) if isinstance(error_type, str) else None) or Limit.RATE
     raise ProviderError(
-        text, action=action, status=status, error_type=error_type, retry_after=retry_after_seconds(headers)
+        text,
+        action=action,
+        status=status,
+        error_type=error_type,
+        retry_after=retry_after_seconds(headers),
+        limit=limit if status == 429 else None,
     )
 
 

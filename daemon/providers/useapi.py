@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import mimetypes
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +24,7 @@ import aiohttp
 from daemon import keys
 from daemon.accounts_file import Account
 from daemon.assets import asset_type
-from daemon.errors import InvalidRequest, ProviderAction, ProviderError
+from daemon.errors import InvalidRequest, Limit, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.providers.base import (
     AssetPage,
@@ -59,13 +60,31 @@ __all__ = ["LTX_STUDIO_OPERATIONS", "SERVICES", "UseapiProvider", "make_provider
 CALLBACK_TYPES = frozenset({"active", "completed", "failed"})
 
 
+# useapi's 429 says the account's jobs fill its maxJobs ("API query is full", "maxJobs reached", all
+# accounts busy: docs/providers.md §1 errors, docs/useapi-services.md); any other 429 is a rate limit.
+_BUSY_429 = re.compile(r"maxJobs|query is full|busy", re.IGNORECASE)
+
+
+def limit_of(status: int, message: str | None) -> Limit | None:
+    """Which limit a useapi 429 reports (None for any other status)."""
+    if status != 429:
+        return None
+    return Limit.CONCURRENCY if _BUSY_429.search(message or "") else Limit.RATE
+
+
 def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
     """Raise the ``ProviderError`` for a useapi error answer (the statuses of useapi.net's endpoint
     pages, e.g. https://useapi.net/docs/api-ltxstudio-v1/post-ltxstudio-accounts)."""
     message = body.get("error") if isinstance(body, dict) else None
     text = f"useapi {status}: {message or 'no message'}"
     action = action_for_status(status, STOP_ACCOUNT_STATUSES)
-    raise ProviderError(text, action=action, status=status, retry_after=retry_after_seconds(headers))
+    raise ProviderError(
+        text,
+        action=action,
+        status=status,
+        retry_after=retry_after_seconds(headers),
+        limit=limit_of(status, message if isinstance(message, str) else None),
+    )
 
 
 def service_classifier(service: UseapiService) -> Any:
@@ -86,7 +105,12 @@ def service_classifier(service: UseapiService) -> Any:
             )
         action = action_for_status(status, STOP_ACCOUNT_STATUSES)
         raise ProviderError(
-            text, action=action, status=status, error_type=ACCOUNT_ERRORS.get(status), retry_after=retry_after
+            text,
+            action=action,
+            status=status,
+            error_type=ACCOUNT_ERRORS.get(status),
+            retry_after=retry_after,
+            limit=limit_of(status, message),
         )
 
     return classify_for

@@ -30,7 +30,7 @@ import structlog
 
 from daemon import keys
 from daemon.accounts_file import Account
-from daemon.errors import InvalidRequest, ProviderAction, ProviderError
+from daemon.errors import InvalidRequest, Limit, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.providers.base import (
     AssetPage,
@@ -111,7 +111,19 @@ def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
         status=status,
         error_type=code if isinstance(code, str) else None,
         retry_after=_retry_after(headers, body),
+        limit=_limit(status, body),
     )
+
+
+def _limit(status: int, body: Any) -> Limit | None:
+    """Which limit a 429 reports: its body's ``limits.type`` (https://www.vydra.ai/docs/rate-limits)
+    is ``minute``, ``hour`` or ``day`` for a request window, ``concurrent`` for the jobs running at
+    once (docs/providers.md §3.5)."""
+    if status != 429:
+        return None
+    limits = body.get("limits") if isinstance(body, dict) else None
+    kind = limits.get("type") if isinstance(limits, dict) else None
+    return Limit.CONCURRENCY if kind == "concurrent" else Limit.RATE
 
 
 def _retry_after(headers: Mapping[str, str], body: Any) -> float | None:

@@ -2,8 +2,8 @@
 
 The dashboard is one server-rendered page, readable without JavaScript; its script
 (``static/dashboard.js``) renders the same markup again every 2 s from the JSON API. Its elements
-carry stable ``data-*`` attributes (``data-account``, ``data-busy``, ``data-max``, ``data-job``,
-``data-progress``, ...) so tests and scripts can read it.
+carry stable ``data-*`` attributes (``data-account``, ``data-busy``, ``data-max``, ``data-effective``,
+``data-job``, ``data-progress``, ...) so tests and scripts can read it.
 
 With ``GENRELAY_API_TOKENS`` set, the page needs a token like the API: an ``Authorization: Bearer``
 header, or, from a browser, ``/?token=...`` once. The script then keeps the token in the tab's
@@ -141,9 +141,15 @@ def _provider_block(provider: str, entries: list[dict[str, Any]]) -> str:
 
 def _account_row(entry: dict[str, Any]) -> str:
     busy, max_jobs = int(entry["executing"]), int(entry["maxJobs"])
+    effective = int(entry.get("effectiveMaxJobs", max_jobs))
     cooldown_until = entry.get("cooldownUntil")
     enabled = bool(entry.get("enabled", True))
     marks = ""
+    if effective < max_jobs:
+        marks += (
+            f'<span class="mark learned" title="concurrency 429s: {max_jobs - effective} slot(s) in use '
+            f'elsewhere">{effective} of {max_jobs} usable</span>'
+        )
     if cooldown_until:
         marks += f'<span class="mark cooldown" title="until {utc_time(cooldown_until)}">cooling down</span>'
     if not enabled:
@@ -152,7 +158,8 @@ def _account_row(entry: dict[str, Any]) -> str:
     return (
         f'<div class="account" data-provider="{escape(entry["provider"])}" '
         f'data-account="{escape(entry["email"])}" data-busy="{busy}" data-max="{max_jobs}" '
-        f'data-cooldown="{int(bool(cooldown_until))}" data-disabled="{int(not enabled)}">'
+        f'data-effective="{effective}" data-cooldown="{int(bool(cooldown_until))}" '
+        f'data-disabled="{int(not enabled)}">'
         f'<span class="name">{escape(entry["email"])}</span>'
         f'<progress max="{max(max_jobs, 1)}" value="{busy}"></progress>'
         f'<span class="count">{busy} / {max_jobs}</span>{marks}</div>'

@@ -44,7 +44,17 @@
 
   function accountRow(entry) {
     const busy = entry.executing;
+    const effective = entry.effectiveMaxJobs ?? entry.maxJobs;
     const marks = [];
+    if (effective < entry.maxJobs) {
+      marks.push(
+        h(
+          "span",
+          { class: "mark learned", title: `concurrency 429s: ${entry.maxJobs - effective} slot(s) in use elsewhere` },
+          `${effective} of ${entry.maxJobs} usable`,
+        ),
+      );
+    }
     if (entry.cooldownUntil) {
       marks.push(h("span", { class: "mark cooldown", title: "until " + utcTime(entry.cooldownUntil) }, "cooling down"));
     }
@@ -59,6 +69,7 @@
         "data-account": entry.email,
         "data-busy": busy,
         "data-max": entry.maxJobs,
+        "data-effective": effective,
         "data-cooldown": entry.cooldownUntil ? 1 : 0,
         "data-disabled": entry.enabled ? 0 : 1,
       },
