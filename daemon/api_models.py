@@ -341,6 +341,7 @@ class AccountCapacity(ApiStruct):
         Annotated[int, Meta(description="when the provider's listing was last reconciled (ms)")] | None
     ) = None
     provider_max_jobs: Annotated[int, Meta(description="maxJobs as the provider reports it")] | None = None
+    request_budget: dict[str, dict[str, int]] | UnsetType = UNSET  # window -> {limit, used}
 
 
 class Capacity(ApiStruct):

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from daemon import keys
+from daemon.budget_view import request_budget
 from daemon.learned_capacity import effective_max_jobs, learned_now
 from daemon.providers.base import ProviderCapacity
 from daemon.scripts import Scripts
@@ -349,6 +350,11 @@ class SlotAllocator:
                     "waiting": unpinned + pinned,
                 }
             )
+        for entry in available:
+            account = self.settings.account(scope.provider, entry["email"])
+            budget = await request_budget(self.client, account, now_ms) if account is not None else None
+            if budget is not None:
+                entry["requestBudget"] = budget
         return executing, available
 
     def _account_names(self, provider: str) -> list[str]:

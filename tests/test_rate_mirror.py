@@ -92,12 +92,15 @@ async def test_requests_made_elsewhere_with_the_key_are_counted_from_vydras_rema
         await client.submit("vydra", "generate_image", {"model": "gemini-image"})
     spawn("worker", env)
 
-    async def window_spent() -> bool:
-        return bool((await served(emulator))["requests"] >= STARTER_RPM)
+    budget = keys.request_budget_key("vydra", organization_holder("org_1001"))
+
+    async def window_counted() -> bool:  # by vydra's own count, or by the requests genrelay made
+        return bool(await redis_client.zcard(budget) >= STARTER_RPM - 1)
+
+    async def next_window_used() -> bool:
+        return bool((await served(emulator))["requests"] >= elsewhere + STARTER_RPM)
 
     async with asyncio.timeout(60):
-        await until(window_spent)
-    budget = keys.request_budget_key("vydra", organization_holder("org_1001"))
-    assert await redis_client.zcard(budget) >= STARTER_RPM - 1
-    rejected = (await served(emulator))["rejected_429_rate"]
-    assert rejected <= 3
+        await until(window_counted)
+        await until(next_window_used)
+    assert (await served(emulator))["rejected_429_rate"] <= 3

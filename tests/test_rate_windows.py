@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from daemon import keys
 from daemon.client import Client
 from daemon.providers.vydra import organization_holder
+from daemon.settings import Settings
 from emulator.config import EmulatorConfig
 from tests.archive_support import until
 from tests.conftest import VYDRA_KEYS, AccountSpec, Emulator, process_env
@@ -45,7 +46,12 @@ async def vydra_stats(emulator: Emulator) -> dict[str, Any]:
 
 
 async def test_two_accounts_of_one_organisation_stay_within_its_hour(
-    emulator: Emulator, spawn: Any, redis_client: aioredis.Redis, redis_url: str, tmp_path: Path
+    emulator: Emulator,
+    spawn: Any,
+    open_daemon: Any,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     spec: AccountSpec = {"max_jobs": JOBS, "rate_window_seconds": MINUTE_S}
     env = process_env(tmp_path, redis_url, emulator.url, {"vydra/v1": spec, "vydra/v2": spec})
@@ -65,6 +71,14 @@ async def test_two_accounts_of_one_organisation_stay_within_its_hour(
         assert await redis_client.hget(limit_key, "hour") == str(PER_HOUR)
         for _ in range(6):
             await asyncio.sleep(MINUTE_S)  # minutes of the run, not a wait for an event
+        # Each account shows the organisation's budget, every window of it.
+        services = await open_daemon(Settings.from_env(env))
+        capacity = await services.slots.capacity("vydra")
+        budgets = [entry["requestBudget"] for entry in capacity["available"]]
+        assert len(budgets) == 2 and budgets[0] == budgets[1], budgets
+        assert budgets[0]["hour"]["limit"] == PER_HOUR and budgets[0]["minute"]["limit"] == PER_MINUTE
+        assert PER_HOUR - 10 <= budgets[0]["hour"]["used"] <= PER_HOUR
+        assert budgets[0]["day"]["used"] >= budgets[0]["hour"]["used"]
     vydra = await vydra_stats(emulator)
     assert vydra["organizations"][ORGANIZATION]["max_requests_in_hour"] <= PER_HOUR
     assert vydra["organizations"][ORGANIZATION]["max_requests_in_minute"] <= PER_MINUTE

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import aiohttp
+import redis.asyncio as aioredis
 import structlog
 
 from daemon import keys
@@ -457,17 +458,7 @@ class VydraProvider:
             await budget.learn(self.name, holder, guessed, keep=not changed)
 
     def _request_limits(self, account: Account) -> RequestLimits:
-        """The accounts file's limits when it sets them, else the Free plan's until vydra reports
-        the account's own."""
-        minute_s = account.rate_window_seconds or FREE_PLAN_LIMIT.window_s
-        if account.requests_per_minute is not None:
-            fixed = {"minute": account.requests_per_minute}
-            if account.requests_per_hour is not None:
-                fixed["hour"] = account.requests_per_hour
-            if account.requests_per_day is not None:
-                fixed["day"] = account.requests_per_day
-            return RequestLimits.scaled(fixed, minute_s, learnt=False)
-        return RequestLimits.scaled(FREE_PLAN_REQUESTS, minute_s, learnt=True)
+        return request_limits(account)
 
     async def _holder(self, session: aiohttp.ClientSession, budget: RequestBudget, account: Account) -> str:
         """Whose budget the account's requests take from: its organisation's (vydra limits per
@@ -579,6 +570,26 @@ class VydraProvider:
         if concurrent is not None and concurrent >= 0:
             self._max_jobs[key] = int(concurrent)
         return self._max_jobs.get(key)
+
+
+def request_limits(account: Account) -> RequestLimits:
+    """The accounts file's limits when it sets them, else the Free plan's until vydra reports the
+    account's own."""
+    minute_s = account.rate_window_seconds or FREE_PLAN_LIMIT.window_s
+    if account.requests_per_minute is not None:
+        fixed = {"minute": account.requests_per_minute}
+        if account.requests_per_hour is not None:
+            fixed["hour"] = account.requests_per_hour
+        if account.requests_per_day is not None:
+            fixed["day"] = account.requests_per_day
+        return RequestLimits.scaled(fixed, minute_s, learnt=False)
+    return RequestLimits.scaled(FREE_PLAN_REQUESTS, minute_s, learnt=True)
+
+
+async def known_holder(client: aioredis.Redis, account: Account) -> str:
+    """Whose budget the account takes from, as far as Redis knows (no request made)."""
+    organization = account.organization or await client.get(keys.organization_key("vydra", account.name))
+    return organization_holder(str(organization)) if organization else account.name
 
 
 def organization_holder(organization: str) -> str:
