@@ -15,7 +15,15 @@ from redis.commands.core import AsyncScript
 _LUA = resources.files("daemon") / "lua"
 _PRELUDE = (_LUA / "lib.lua").read_text()
 _STANDALONE = frozenset(
-    {"claim_polls", "claim_tasks", "record_asset", "take_request", "postpone_poll", "reject_job"}
+    {
+        "claim_polls",
+        "claim_tasks",
+        "record_asset",
+        "take_request",
+        "postpone_poll",
+        "reject_job",
+        "claim_alerts",
+    }
 )
 # Scripts that record assets also get asset_lib.lua (after the slot prelude, when they have it).
 _ASSET_LIB = (_LUA / "asset_lib.lua").read_text()
@@ -51,6 +59,8 @@ class Scripts:
     reject_job: AsyncScript
     claim_tasks: AsyncScript
     upgrade_layout: AsyncScript
+    breaker: AsyncScript
+    claim_alerts: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:

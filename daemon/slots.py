@@ -72,6 +72,10 @@ SWEEP_QUEUED_SCAN = 200
 
 log = structlog.get_logger("genrelay.slots")
 
+# Why an account is disabled when an operator disabled it (`genrelay accounts disable`): the probe
+# of workers/account_probe.py leaves such accounts alone.
+OPERATOR_REASON = "disabled by an operator"
+
 
 def _glob_escape(text: str) -> str:
     """``text`` as a literal in a Redis MATCH pattern."""
@@ -181,9 +185,19 @@ class SlotAllocator:
     async def set_enabled(self, provider: str, account: str, *, enabled: bool, reason: str = "") -> bool:
         """Enable (clearing any cooldown) or disable an account; False when it does not exist."""
         scope = self.scope(provider)
-        why = "" if enabled else (reason or "disabled by an operator")
+        why = "" if enabled else (reason or OPERATOR_REASON)
         found = await self.scripts.set_account(keys=list(scope.keys), args=[scope.config(), account, why])
         return bool(found)
+
+    async def heal(self, provider: str, account: str, reason: str) -> bool:
+        """Enable an account the probe found working again, by the same script as an operator's
+        enable, only while it is still disabled for ``reason`` (an operator's disable meanwhile
+        wins); True when this call enabled it."""
+        scope = self.scope(provider)
+        found = await self.scripts.set_account(
+            keys=[*scope.keys, keys.account_events_key(provider)], args=[scope.config(), account, "", reason]
+        )
+        return int(found) == 1
 
     async def sweep(self, provider: str, limit: int = 100) -> list[str]:
         """Repair after crashes; returns jobs whose lease expired, for the caller to fail."""

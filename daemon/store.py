@@ -252,12 +252,27 @@ class JobStore:
     async def requeue(
         self, job_id: str, account: str, *, cooldown_until_ms: int = 0, disable_reason: str = "", message: str
     ) -> str:
+        outcome, _ = await self.requeue_disabling(
+            job_id,
+            account,
+            cooldown_until_ms=cooldown_until_ms,
+            disable_reason=disable_reason,
+            message=message,
+        )
+        return outcome
+
+    async def requeue_disabling(
+        self, job_id: str, account: str, *, cooldown_until_ms: int = 0, disable_reason: str = "", message: str
+    ) -> tuple[str, bool]:
+        """``requeue``, and whether this call disabled an account that was enabled until now (so
+        the one caller that did it raises the alert, whatever the number of jobs that failed)."""
         scope = self.slots.scope(keys.provider_of(job_id) or "")
         r = await self.scripts.requeue(
             keys=scope.keys_with(keys.job_key(job_id)),
             args=[scope.config(), account, cooldown_until_ms, disable_reason, message],
         )
-        return str(r[0])
+        outcome = str(r[0])
+        return outcome, outcome in ("requeued", "failed") and len(r) > 1 and str(r[1]) == "1"
 
     async def poll_failed(self, job_id: str, message: str, *, retry_after_ms: int = 0) -> str:
         scope = self.slots.scope(keys.provider_of(job_id) or "")
