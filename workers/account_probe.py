@@ -90,14 +90,17 @@ async def probe_forever(runtime: WorkerRuntime) -> None:
     if budget_of(runtime.session) is None:
         attach(runtime.session, RequestBudget(services.client, services.scripts))
     interval = services.settings.account_probe_interval
+    # The first probe comes one interval after the start, like every later one: a restart does not
+    # probe (and enable) every disabled account at once.
     while not runtime.stopping.is_set():
+        try:
+            await asyncio.wait_for(runtime.stopping.wait(), interval)
+            return
+        except TimeoutError:
+            pass
         try:
             await probe_once(runtime)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.error("account probe failed", error=repr(exc))
-        try:
-            await asyncio.wait_for(runtime.stopping.wait(), interval)
-        except TimeoutError:
-            pass
