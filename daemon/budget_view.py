@@ -5,6 +5,7 @@ it counted, as every process sees them in Redis (``daemon/request_budget.py``)."
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -17,6 +18,7 @@ from daemon.request_budget import (
     RequestLimits,
     shared_budget_holder,
 )
+from daemon.settings import Settings
 
 # Providers whose accounts never take from a budget.
 UNBUDGETED = frozenset({"ltx"})
@@ -50,3 +52,14 @@ async def request_budget(
         if requests:
             view[name] = {"limit": requests, "used": int(used)}
     return view
+
+
+async def add_request_budgets(
+    client: aioredis.Redis, settings: Settings, provider: str, entries: list[dict[str, Any]], now_ms: int
+) -> None:
+    """``requestBudget`` on each capacity entry (``email``: the account) whose account has one."""
+    for entry in entries:
+        account = settings.account(provider, entry["email"])
+        budget = await request_budget(client, account, now_ms) if account is not None else None
+        if budget is not None:
+            entry["requestBudget"] = budget

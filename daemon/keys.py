@@ -249,3 +249,29 @@ def organization_key(provider: str, account: str) -> str:
     """string: the id of the organisation the provider says the account belongs to (vydra's
     ``GET /organization``); the accounts of one organisation share its request budget."""
     return f"{tag(provider)}:organization:{account}"
+
+
+def account_events_key(provider: str) -> str:
+    """stream, capped: one entry per change of an account's health (``account_enabled`` by the
+    probe, ``breaker_open``), with ``account``, ``event``, ``reason`` and ``ts``."""
+    return f"{tag(provider)}:account-events"
+
+
+def breaker_key(provider: str, account: str) -> str:
+    """list, newest first, capped: ``"<ms>:<1 failed | 0 ok>"`` of the account's last submit
+    outcomes, while any failed recently (see ``lua/breaker.lua``)."""
+    return f"{tag(provider)}:breaker:{account}"
+
+
+def probe_lock_key(provider: str, account: str) -> str:
+    """Held (with an expiry) by the one worker that probes a disabled account this interval."""
+    return f"{tag(provider)}:probe-lock:{account}"
+
+
+# zset  alert id -> when it is due (ms): operator alerts waiting to be sent (or being sent: a claim
+# moves it to the claim's expiry, so one a dead worker held comes back); see daemon/alerts.py.
+ALERTS = f"{PREFIX}:alerts"
+# hash  alert id -> the alert's JSON body
+ALERT_BODIES = f"{PREFIX}:alerts:bodies"
+# hash  alert id -> attempts so far
+ALERT_TRIES = f"{PREFIX}:alerts:tries"

@@ -23,6 +23,7 @@ _STANDALONE = frozenset(
         "correct_budget",
         "postpone_poll",
         "reject_job",
+        "claim_alerts",
     }
 )
 # Scripts that record assets also get asset_lib.lua (after the slot prelude, when they have it).
@@ -60,6 +61,8 @@ class Scripts:
     reject_job: AsyncScript
     claim_tasks: AsyncScript
     upgrade_layout: AsyncScript
+    breaker: AsyncScript
+    claim_alerts: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:

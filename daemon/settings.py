@@ -94,6 +94,11 @@ class Settings:
     delivery_max_tries: int
     delivery_timeout: float
     delivery_allow_private: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    account_probe_interval: float
+    breaker_cooldown: float
+    alert_url: str | None = field(repr=False)
+    alert_secret: str | None = field(repr=False)
+    alert_max_tries: int
     log_level: str
     log_format: str
     archive: ArchiveSettings
@@ -204,10 +209,19 @@ class Settings:
             safety_poll_interval=reader.number("SAFETY_POLL_INTERVAL", 60.0),
             # Telling the app (POST to its replyUrl): signing secret, attempts before a dead letter, and
             # seconds per attempt (redirects included). Unset secret: derived from GENRELAY_SECRET.
-            delivery_secret=_delivery_secret(reader),
+            delivery_secret=_webhook_secret(reader, "DELIVERY_SECRET"),
             delivery_max_tries=reader.integer("DELIVERY_MAX_TRIES", 8, low=1),
             delivery_timeout=reader.number("DELIVERY_TIMEOUT", 10.0),
             delivery_allow_private=_allow_private(reader, "DELIVERY_ALLOW_PRIVATE"),
+            # Disabled accounts are probed this often with a request that costs no credits, and
+            # enabled again once their key works (workers/account_probe.py).
+            account_probe_interval=reader.number("ACCOUNT_PROBE_INTERVAL", 300.0),
+            # An account whose recent submits mostly failed with 5xx or no answer pauses this long.
+            breaker_cooldown=reader.number("BREAKER_COOLDOWN", 60.0),
+            # Operator alerts (daemon/alerts.py): where to POST them, signed like deliveries.
+            alert_url=_alert_url(reader),
+            alert_secret=_webhook_secret(reader, "ALERT_SECRET"),
+            alert_max_tries=reader.integer("ALERT_MAX_TRIES", 6, low=1),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             log_format=reader.choice("LOG_FORMAT", "auto", LOG_FORMATS),
             archive=ArchiveSettings.from_reader(
@@ -241,7 +255,17 @@ class Settings:
         """
         values = [account.api_key for account in self.accounts]
         values.extend(self.api_tokens)
-        values.extend(value for value in (self.secret, self.secret_previous, self.delivery_secret) if value)
+        values.extend(
+            value
+            for value in (
+                self.secret,
+                self.secret_previous,
+                self.delivery_secret,
+                self.alert_secret,
+                self.alert_url,
+            )
+            if value
+        )
         values.extend(self.archive.secrets())
         # Logs may show a Redis password as written in the URL or percent-decoded, as redis-py uses it.
         values.extend(url_secrets(self.redis_url))
@@ -342,10 +366,21 @@ def _public_url(reader: _EnvReader) -> str | None:
     return raw.rstrip("/")
 
 
-def _delivery_secret(reader: _EnvReader) -> str | None:
+def _alert_url(reader: _EnvReader) -> str | None:
+    """The operator's alert endpoint; it may carry a token in its path or query, so it is treated
+    as a secret (never shown in a ``repr`` or a log line) and never quoted in the error."""
+    raw = reader.text("ALERT_URL")
+    if raw is None:
+        return None
+    if http_url_problem(raw) is not None:
+        raise SettingsError("GENRELAY_ALERT_URL must be an http:// or https:// URL")
+    return raw
+
+
+def _webhook_secret(reader: _EnvReader, suffix: str) -> str | None:
     """A Standard Webhooks secret: ``whsec_`` and base64 of 24 to 64 random bytes. The value is never
     quoted in the error: it is a secret."""
-    raw = reader.text("DELIVERY_SECRET")
+    raw = reader.text(suffix)
     if raw is None:
         return None
     try:
@@ -354,7 +389,7 @@ def _delivery_secret(reader: _EnvReader) -> str | None:
         key = b""
     if not raw.startswith("whsec_") or not 24 <= len(key) <= 64:
         raise SettingsError(
-            "GENRELAY_DELIVERY_SECRET must be 'whsec_' followed by base64 of 24 to 64 bytes "
+            f"{ENV_PREFIX}{suffix} must be 'whsec_' followed by base64 of 24 to 64 bytes "
             '(make one with: echo "whsec_$(openssl rand -base64 32)")'
         )
     return raw

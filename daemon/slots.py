@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from daemon import keys
-from daemon.budget_view import request_budget
+from daemon.budget_view import add_request_budgets
 from daemon.learned_capacity import effective_max_jobs, learned_now
 from daemon.providers.base import ProviderCapacity
 from daemon.scripts import Scripts
@@ -75,6 +75,10 @@ RECONCILE_SUBMITTING_SCAN = 1000
 SWEEP_QUEUED_SCAN = 200
 
 log = structlog.get_logger("genrelay.slots")
+
+# Why an account is disabled when an operator disabled it (`genrelay accounts disable`): the probe
+# of workers/account_probe.py leaves such accounts alone.
+OPERATOR_REASON = "disabled by an operator"
 
 
 def _glob_escape(text: str) -> str:
@@ -186,9 +190,19 @@ class SlotAllocator:
     async def set_enabled(self, provider: str, account: str, *, enabled: bool, reason: str = "") -> bool:
         """Enable (clearing any cooldown) or disable an account; False when it does not exist."""
         scope = self.scope(provider)
-        why = "" if enabled else (reason or "disabled by an operator")
+        why = "" if enabled else (reason or OPERATOR_REASON)
         found = await self.scripts.set_account(keys=list(scope.keys), args=[scope.config(), account, why])
         return bool(found)
+
+    async def heal(self, provider: str, account: str, reason: str) -> bool:
+        """Enable an account the probe found working again, by the same script as an operator's
+        enable, only while it is still disabled for ``reason`` (an operator's disable meanwhile
+        wins); True when this call enabled it."""
+        scope = self.scope(provider)
+        found = await self.scripts.set_account(
+            keys=[*scope.keys, keys.account_events_key(provider)], args=[scope.config(), account, "", reason]
+        )
+        return int(found) == 1
 
     async def sweep(self, provider: str, limit: int = 100) -> list[str]:
         """Repair after crashes; returns jobs whose lease expired, for the caller to fail."""
@@ -350,11 +364,7 @@ class SlotAllocator:
                     "waiting": unpinned + pinned,
                 }
             )
-        for entry in available:
-            account = self.settings.account(scope.provider, entry["email"])
-            budget = await request_budget(self.client, account, now_ms) if account is not None else None
-            if budget is not None:
-                entry["requestBudget"] = budget
+        await add_request_budgets(self.client, self.settings, scope.provider, available, now_ms)
         return executing, available
 
     def _account_names(self, provider: str) -> list[str]:

@@ -262,6 +262,28 @@ class JobStore:
         """Give the slot back and put the job in line again (``lua/requeue.lua``). ``concurrency``: the
         provider answered that every slot of the account is in use, which lowers the account's
         effective slot count instead of cooling it down (down to one; then the cooldown applies)."""
+        outcome, _ = await self.requeue_disabling(
+            job_id,
+            account,
+            cooldown_until_ms=cooldown_until_ms,
+            disable_reason=disable_reason,
+            message=message,
+            concurrency=concurrency,
+        )
+        return outcome
+
+    async def requeue_disabling(
+        self,
+        job_id: str,
+        account: str,
+        *,
+        cooldown_until_ms: int = 0,
+        disable_reason: str = "",
+        message: str,
+        concurrency: bool = False,
+    ) -> tuple[str, bool]:
+        """``requeue``, and whether this call disabled an account that was enabled until now (so
+        the one caller that did it raises the alert, whatever the number of jobs that failed)."""
         scope = self.slots.scope(keys.provider_of(job_id) or "")
         r = await self.scripts.requeue(
             keys=scope.keys_with(keys.job_key(job_id)),
@@ -274,7 +296,8 @@ class JobStore:
                 "1" if concurrency else "0",
             ],
         )
-        return str(r[0])
+        outcome = str(r[0])
+        return outcome, outcome in ("requeued", "failed") and len(r) > 1 and str(r[1]) == "1"
 
     async def poll_failed(self, job_id: str, message: str, *, retry_after_ms: int = 0) -> str:
         scope = self.slots.scope(keys.provider_of(job_id) or "")

@@ -24,6 +24,8 @@ def routes() -> list[web.RouteDef]:
         web.post(f"{PREFIX}/keys", register_key),
         web.post(f"{PREFIX}/ltx-foreign-jobs", start_foreign_job),
         web.delete(f"{PREFIX}/ltx-foreign-jobs/{{job_id}}", end_foreign_job),
+        web.get(f"{PREFIX}/revoked-keys", list_revoked_keys),
+        web.post(f"{PREFIX}/revoked-keys", revoke_key),
         web.get(f"{PREFIX}/faults", list_faults),
         web.post(f"{PREFIX}/faults", add_fault),
         web.post(f"{PREFIX}/reset", reset),
@@ -86,6 +88,28 @@ async def end_foreign_job(request: web.Request) -> web.Response:
     if not request.app[STATE_KEY].end_foreign(job_id):
         raise ApiError(404, f"no foreign job {job_id}")
     return json_response({"id": job_id, "ended": True})
+
+
+async def list_revoked_keys(request: web.Request) -> web.Response:
+    return json_response({"revoked": sorted(request.app[STATE_KEY].revoked)})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    """``{key, revoked?}``: revoke a key or token of any provider (an LTX key, a useapi.net token, a
+    vydra key), so every request made with it is answered 401 as the provider answers an invalid
+    key; ``revoked: false`` makes it valid again. Jobs and accounts behind it are kept."""
+    body = await read_object(request)
+    key, revoked = body.get("key"), body.get("revoked", True)
+    if not isinstance(key, str) or not key:
+        raise ApiError(400, "key must be a non-empty string")
+    if not isinstance(revoked, bool):
+        raise ApiError(400, "revoked must be true or false")
+    keys = request.app[STATE_KEY].revoked
+    if revoked:
+        keys.add(key)
+    else:
+        keys.discard(key)
+    return json_response({"revoked": sorted(keys)})
 
 
 async def register_useapi_account(request: web.Request) -> web.Response:

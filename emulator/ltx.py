@@ -89,7 +89,7 @@ def authenticate(request: web.Request, state: EmulatorState) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
-    if scheme.lower() != "bearer" or not key or state.account(key) is None:
+    if scheme.lower() != "bearer" or not key or key in state.revoked or state.account(key) is None:
         raise ApiError(401, "Invalid or missing API key")
     return key
 

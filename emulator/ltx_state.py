@@ -120,6 +120,9 @@ class EmulatorState:
         self.accounts: dict[str, KeyAccount] = {k: KeyAccount(max_jobs=m) for k, m in config.keys.items()}
         self.jobs: dict[str, Job] = {}
         self.faults = FaultQueue()
+        # Keys and tokens of any provider revoked at run time (POST /_emulator/revoked-keys): every
+        # request with one is answered 401 until it is restored.
+        self.revoked: set[str] = set()
         # (end, id) of every stored job, so expired ones are dropped without scanning the table.
         self._expiry: list[tuple[float, str]] = []
 
@@ -199,11 +202,16 @@ class EmulatorState:
         self.jobs.clear()
         self._expiry.clear()
         self.faults.clear()
+        self.revoked.clear()
 
     def stats(self) -> dict[str, Any]:
         now = self.clock()
         keys = {key: account.to_json(now) for key, account in self.accounts.items()}
-        return {"keys": keys, "injected_remaining": self.faults.remaining()}
+        return {
+            "keys": keys,
+            "injected_remaining": self.faults.remaining(),
+            "revoked_keys": sorted(self.revoked),
+        }
 
     def _new_job(self, key: str, endpoint: str, prompt: str, now: float) -> Job:
         duration, error_type = self._plan(prompt)

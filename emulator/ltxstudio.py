@@ -172,7 +172,8 @@ async def cancel(request: web.Request) -> web.Response:
 def authenticate(request: web.Request, studio: StudioState) -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or studio.token_accounts(token) is None:
+    revoked = token in studio.emulator.revoked
+    if scheme.lower() != "bearer" or revoked or studio.token_accounts(token) is None:
         raise ApiError(401, "Unauthorized")
     return token
 

@@ -129,7 +129,8 @@ async def stop_tracking(request: web.Request, contract: Contract) -> web.Respons
 def authenticate(request: web.Request, state: ServicesState) -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not state.known_token(token):
+    revoked = token in state.emulator.revoked
+    if scheme.lower() != "bearer" or revoked or not state.known_token(token):
         raise ApiError(401, "Unauthorized")
     return token
 

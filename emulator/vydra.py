@@ -145,7 +145,7 @@ def authenticate(request: web.Request, vydra: VydraState) -> VydraAccount:
             401, "Invalid API key format: expected Bearer vydra_live_user_<id>_<key>", "INVALID_FORMAT"
         )
     account = vydra.accounts.get(key)
-    if account is None:
+    if account is None or key in vydra.emulator.revoked:
         raise VydraError(401, "API key not found", "KEY_NOT_FOUND")
     return account
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from daemon.accounts_file import USEAPI_PROVIDERS
@@ -21,6 +22,7 @@ from daemon.services import Services, open_services
 from daemon.settings import Settings
 from emulator.app import create_app as create_emulator
 from emulator.config import EmulatorConfig
+from tests.alert_receiver import AlertReceiver
 from tests.harness.invariants import TEST_SECRET
 from tests.harness.processes import ProcessGroup
 
@@ -259,3 +261,17 @@ async def daemon_processes(tmp_path: Path) -> AsyncIterator[ProcessGroup]:
         yield group
     finally:
         await group.close()
+
+
+@pytest.fixture
+async def alert_receiver() -> AsyncIterator[AlertReceiver]:
+    """The operator's alert endpoint on 127.0.0.1 (``tests/alert_receiver.py``)."""
+    app = web.Application()
+    server = TestServer(app, host="127.0.0.1")
+    receiver = AlertReceiver(server)
+    app.router.add_post("/alerts", receiver.handle)
+    await server.start_server()
+    try:
+        yield receiver
+    finally:
+        await server.close()

@@ -30,6 +30,7 @@ from arq import Retry
 from yarl import URL
 
 from daemon import archive_state, keys
+from daemon.alerts import DEAD_LETTER, raise_alert
 from daemon.archive_notify import hold_delivery
 from daemon.backoff import backoff_seconds
 from daemon.deliveries import DeadLetter, Signer, add_dead_letter, count_failed_try, forget_tries, message_id
@@ -202,6 +203,18 @@ async def _dead_letter(runtime: WorkerRuntime, job: Job, seq: int, attempt: Atte
         failed_ms=int(time.time() * 1000),
     )
     await add_dead_letter(runtime.services.client, letter)
+    # The app's URL may carry its token: the alert names the host only.
+    await raise_alert(
+        runtime.services.client,
+        runtime.services.settings,
+        DEAD_LETTER,
+        provider=job.provider,
+        account=job.account,
+        message=f"delivery to {host_of(letter.url)} gave up after {tries} attempt(s): {attempt.error}",
+        jobId=job.id,
+        seq=seq,
+        status=attempt.status,
+    )
 
 
 async def _keep_queued_task(runtime: WorkerRuntime, ctx: dict[str, Any]) -> None:

@@ -15,9 +15,12 @@ from typing import Any
 
 import structlog
 from arq import Retry
+from redis.exceptions import RedisError
 
 from daemon import keys
+from daemon.alerts import ACCOUNT_DISABLED, BREAKER_OPEN, CREDITS_LOW, credits_statuses, raise_alert
 from daemon.backoff import backoff_seconds
+from daemon.breaker import Breaker, BreakerState
 from daemon.errors import Limit, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
 from daemon.keys import provider_of
@@ -87,6 +90,7 @@ async def submit_job(ctx: dict[str, Any], job_id: str) -> str:
         ended = await store.require(job_id)
         fields = {**ended.fields, "provider_job_id": provider_job_id, "account": account.name}
         await stop_at_provider(runtime, dataclasses.replace(ended, fields=fields))
+    await _record_outcome(runtime, job.provider, account.name, failed=False)
     log.info(
         "job submitted",
         job_id=job_id,
@@ -117,15 +121,34 @@ async def _submit_failed(
     context = {"job_id": job.id, "provider": job.provider, "account": account, "status": exc.status}
     if exc.maybe_accepted:
         # Sent, no answer: the provider may have started (and billed) it. Never sent again blindly.
+        await _record_outcome(runtime, job.provider, account, failed=True, error=str(exc))
         return await _uncertain(ctx, runtime, job.id, account, f"submit got no answer: {exc}")
     if exc.action is ProviderAction.RETRY and exc.status == 429:
         return await _too_many(ctx, runtime, job, claim, exc)
     if exc.action is ProviderAction.STOP_ACCOUNT:
-        outcome = await store.requeue(job.id, account, disable_reason=str(exc), message=str(exc))
-        log.error(
-            "account disabled: fix it, then run `genrelay accounts enable NAME`", error=str(exc), **context
+        outcome, newly = await store.requeue_disabling(
+            job.id, account, disable_reason=str(exc), message=str(exc)
         )
+        log.error(
+            "account disabled: fix it, then run `genrelay accounts enable NAME` (or wait for the probe)",
+            error=str(exc),
+            **context,
+        )
+        if newly:
+            await _account_stopped_alerts(runtime, job.provider, account, exc)
         return outcome
+    if exc.action is ProviderAction.RETRY and (exc.status is None or exc.status >= 500):
+        breaker = await _record_outcome(runtime, job.provider, account, failed=True, error=str(exc))
+        if breaker.paused:
+            # The account is paused: this job waits for another account instead of retrying here.
+            outcome = await store.requeue(
+                job.id, account, cooldown_until_ms=breaker.until_ms, message=f"account paused: {exc}"
+            )
+            await _dispatch_when_cooled(ctx, job.provider, breaker.until_ms)
+            log.warning(
+                "submit failed on a paused account, requeued", outcome=outcome, error=str(exc), **context
+            )
+            return "paused"
     if exc.action is ProviderAction.RETRY and claim.tries < settings.submit_max_tries:
         delay = backoff_seconds(claim.tries, settings.retry_base, settings.retry_max, exc.retry_after)
         log.warning(
@@ -173,6 +196,68 @@ async def _too_many(
         return "busy"
     log.warning("account cooling down", cooldown_s=round(wait, 3), outcome=outcome, **context)
     return "cooldown"
+
+
+async def _record_outcome(
+    runtime: WorkerRuntime, provider: str, account: str, *, failed: bool, error: str = ""
+) -> BreakerState:
+    """Count one submit outcome in the account's breaker (``daemon/breaker.py``); when this failure
+    opens it, log it and alert the operator. A Redis error here is logged: the breaker never stops
+    the submit path."""
+    services = runtime.services
+    breaker = Breaker(services.scripts, services.slots, services.settings.breaker_cooldown)
+    try:
+        state = await breaker.record(provider, account, failed=failed)
+    except (RedisError, OSError) as exc:
+        log.warning("breaker outcome not recorded", provider=provider, account=account, error=str(exc))
+        return BreakerState("closed")
+    if state.state == "open":
+        seconds = services.settings.breaker_cooldown
+        log.warning(
+            "account breaker open: recent submits mostly failed, paused",
+            provider=provider,
+            account=account,
+            paused_s=seconds,
+            error=error,
+        )
+        await raise_alert(
+            services.client,
+            services.settings,
+            BREAKER_OPEN,
+            provider=provider,
+            account=account,
+            message=(
+                f"most recent submits failed with a 5xx or no answer (last: {error}); "
+                f"paused for {seconds:g} s"
+            ),
+            pausedUntil=state.until_ms,
+        )
+    return state
+
+
+async def _account_stopped_alerts(
+    runtime: WorkerRuntime, provider: str, account: str, exc: ProviderError
+) -> None:
+    services = runtime.services
+    await raise_alert(
+        services.client,
+        services.settings,
+        ACCOUNT_DISABLED,
+        provider=provider,
+        account=account,
+        message=str(exc),
+        status=exc.status,
+    )
+    if exc.status in credits_statuses(provider):
+        await raise_alert(
+            services.client,
+            services.settings,
+            CREDITS_LOW,
+            provider=provider,
+            account=account,
+            message=str(exc),
+            status=exc.status,
+        )
 
 
 async def _interrupted(ctx: dict[str, Any], runtime: WorkerRuntime, job_id: str, claim: SubmitClaim) -> str:

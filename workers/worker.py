@@ -21,6 +21,8 @@ from daemon.settings import Settings
 from daemon.task_guard import task_deserializer
 from daemon.tasks import Task
 from workers.accept import accept_job
+from workers.account_probe import probe_forever
+from workers.alerts import alerts_forever
 from workers.archive import archive_forever
 from workers.capacity import CAPACITY_TASK, capacity_forever, sync_capacity
 from workers.deliver import DELIVERY_SENDER, DeliverySender, deliver_job
@@ -82,6 +84,8 @@ def build_worker(settings: Settings, redis_url: str, *, handle_signals: bool = T
         runtime.tasks.append(asyncio.create_task(sweep_forever(runtime)))
         runtime.tasks.append(asyncio.create_task(capacity_forever(runtime)))
         runtime.tasks.append(asyncio.create_task(archive_forever(runtime)))
+        runtime.tasks.append(asyncio.create_task(probe_forever(runtime)))
+        runtime.tasks.append(asyncio.create_task(alerts_forever(runtime)))
         runtime.tasks.extend(start_worker_metrics(settings, runtime.stopping))
         ctx[RUNTIME] = runtime
         ctx[DELIVERY_SENDER] = DeliverySender.open(settings, signing_secret(settings, services.secret))

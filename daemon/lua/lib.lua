@@ -212,8 +212,13 @@ local function end_cooldown(account)
   if redis.call('ZREM', KEYS[K_COOLDOWN], account) == 1 then adjust_room(account, COOLING_OFFSET) end
 end
 
+-- True when the account was enabled until now.
 local function disable(account, reason)
-  if redis.call('HSET', KEYS[K_DISABLED], account, reason) == 1 then adjust_room(account, -DISABLED_OFFSET) end
+  if redis.call('HSET', KEYS[K_DISABLED], account, reason) == 1 then
+    adjust_room(account, -DISABLED_OFFSET)
+    return true
+  end
+  return false
 end
 
 local function enable(account)

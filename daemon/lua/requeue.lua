@@ -8,7 +8,8 @@
 -- KEYS: the prelude layout; KEYS[FIXED + 1] is the job's hash.
 -- ARGV[2]: account; ARGV[3]: cooldown until (ms, 0 = none); ARGV[4]: disable reason ('' = none);
 -- ARGV[5]: message for the event; ARGV[6]: '1' for a concurrency 429.
--- Returns {'requeued'} | {'failed'} (no enabled account is left for it) | {'skip', state}.
+-- Returns {'requeued', newly} | {'failed', newly} (no enabled account is left for it) | {'skip', state};
+-- ``newly`` is '1' when this call disabled an account that was enabled until now, else '0'.
 
 local job = redis.call('HGET', JOB_KEY, 'id')
 if not job then return {'missing'} end
@@ -16,9 +17,10 @@ local state = redis.call('HGET', JOB_KEY, 'state')
 if state ~= 'submitting' and state ~= 'queued' then return {'skip', state} end
 local account = ARGV[2]
 drop_expired()
+local newly = '0'
 if redis.call('HEXISTS', KEYS[K_ACCOUNTS], account) == 1 then
   if ARGV[6] ~= '1' or not learn_busy(account) then cool_down(account, tonumber(ARGV[3])) end
-  if ARGV[4] ~= '' then disable(account, ARGV[4]) end
+  if ARGV[4] ~= '' and disable(account, ARGV[4]) then newly = '1' end
 end
 release(job)
 
@@ -41,7 +43,7 @@ if not usable then
   unschedule(job)
   redis.call('EXPIRE', JOB_KEY, cfg.retention_s)
   handoff()
-  return {'failed'}
+  return {'failed', newly}
 end
 redis.call('HSET', JOB_KEY, 'state', 'queued', 'message', ARGV[5], 'updated_ms', NOW, 'submit_open', '0')
 move_state_index(job, state, 'queued')
@@ -49,4 +51,4 @@ emit(job, 'queued', 0, account, 'requeue')
 enqueue_waiting(job, tonumber(redis.call('HGET', JOB_KEY, 'priority') or 5),
                 tonumber(redis.call('HGET', JOB_KEY, 'created_ms')), pin)
 handoff()
-return {'requeued'}
+return {'requeued', newly}

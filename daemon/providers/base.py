@@ -103,6 +103,25 @@ class AssetProvider(Provider, Protocol):
         ...
 
 
+class ProbeProvider(Provider, Protocol):
+    """A provider whose accounts can be checked with a request that costs no credits."""
+
+    async def probe(self, session: aiohttp.ClientSession, account: Account) -> bool:
+        """True when the account's key works, False when the provider refuses it as its account
+        statuses do (auth, credits, plan); a ``ProviderError`` when the answer says neither."""
+        ...
+
+
+def probe_answer(exc: ProviderError) -> bool:
+    """What a probe's error answer says about the key: a 404 (of the unknown id a probe reads)
+    means it works, an account status that it does not; anything else is raised again."""
+    if exc.action is ProviderAction.LOST:
+        return True
+    if exc.action is ProviderAction.STOP_ACCOUNT:
+        return False
+    raise exc
+
+
 class WebhookProvider(Provider, Protocol):
     """A provider that calls ``replyUrl`` back."""
 

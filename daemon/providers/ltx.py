@@ -16,7 +16,7 @@ import aiohttp
 from daemon.accounts_file import Account
 from daemon.errors import Limit, ProviderAction, ProviderError
 from daemon.jobs import Job, State, Update
-from daemon.providers.base import action_for_status, lost, request_json, retry_after_seconds
+from daemon.providers.base import action_for_status, lost, probe_answer, request_json, retry_after_seconds
 
 # Endpoint -> the key of its result URL.
 RESULT_KEYS = {
@@ -32,6 +32,8 @@ RESULT_RETENTION_MS = 24 * 3600 * 1000
 STOP_ACCOUNT_STATUSES = frozenset({401, 402, 403})
 # A 429's error.type says which limit was hit (https://docs.ltx.video/rate-limits, docs/providers.md §2.5).
 LIMITS = {"concurrency_limit_error": Limit.CONCURRENCY, "rate_limit_error": Limit.RATE}
+# The id a probe reads: no job has it, so a working key gets a 404.
+PROBE_JOB_ID = "genrelay-probe-00000000000000000000000000000000"
 # LTX reports no percentage: a processing job is shown half way.
 PROCESSING_PROGRESS = 50
 
@@ -88,6 +90,16 @@ class LtxProvider:
 
     async def cancel(self, session: aiohttp.ClientSession, account: Account, job: Job) -> str:
         return NO_CANCEL
+
+    async def probe(self, session: aiohttp.ClientSession, account: Account) -> bool:
+        """A status read of an id no job has (costs no credits): 404 means the key works, 401 /
+        402 / 403 that it does not (https://docs.ltx.video/errors)."""
+        url = f"{account.base_url}/v2/text-to-video/{PROBE_JOB_ID}"
+        try:
+            await request_json(session, "GET", url, account=account, classify=classify)
+        except ProviderError as exc:
+            return probe_answer(exc)
+        return True
 
 
 NO_CANCEL = (

@@ -33,6 +33,7 @@ from daemon.providers.base import (
     RunningJob,
     action_for_status,
     lost,
+    probe_answer,
     request_json,
     retry_after_seconds,
 )
@@ -371,6 +372,21 @@ class UseapiProvider:
             "useapi stopped tracking the job and freed its slot; the generation itself still runs "
             f"to its end at {self.service} (useapi cannot stop it)"
         )
+
+    async def probe(self, session: aiohttp.ClientSession, account: Account) -> bool:
+        """A read that costs no credits, taken from the token's request budget like every request:
+        ``scheduler/available`` where the service has it (the capacity listing), else a status read
+        of an id no job has (404: the token works). 401 / 402 / 412 / 596 say it does not
+        (docs/useapi-services.md "Errors")."""
+        spec = self.spec
+        path = spec.listing_path or spec.status_path.replace("{id}", "genrelay-probe")
+        if spec.listing_path is None and spec.status_account_query:
+            path += "?" + urlencode({spec.account_field: account.name})
+        try:
+            await self._request(session, account, "GET", path)
+        except ProviderError as exc:
+            return probe_answer(exc)
+        return True
 
     def parse_callback(self, body: Mapping[str, Any], *, confirm: bool = False) -> tuple[str | None, Update]:
         """(our job id from ``replyRef``, the update) from a callback body; ``InvalidRequest`` when

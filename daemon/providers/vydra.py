@@ -40,6 +40,7 @@ from daemon.providers.base import (
     RunningJob,
     action_for_status,
     lost,
+    probe_answer,
     request_json,
 )
 from daemon.request_budget import (
@@ -302,6 +303,16 @@ class VydraProvider:
         if not (_text(body.get("id")) or _text(body.get("jobId"))):
             raise InvalidRequest("'id' (or 'jobId') must be a non-empty string")
         return None, parse_status(body, confirm=confirm)
+
+    async def probe(self, session: aiohttp.ClientSession, account: Account) -> bool:
+        """``GET /account/rate-limits`` (https://www.vydra.ai/docs/rate-limits; costs no credits),
+        taken from the account's request budget without waiting: 200 means the key works, 401 /
+        402 / 403 that it does not (https://www.vydra.ai/docs/errors)."""
+        try:
+            await self._call(session, account, "GET", "account/rate-limits", FULL_SHARE, wait=False)
+        except ProviderError as exc:  # BudgetExhausted too: raised again, the next probe tries
+            return probe_answer(exc)
+        return True
 
     # -- capacity and assets ---------------------------------------------------------------
 
