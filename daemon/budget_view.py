@@ -5,9 +5,13 @@ it counted, as every process sees them in Redis (``daemon/request_budget.py``)."
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client.core import GaugeMetricFamily, Metric
+from redis.exceptions import RedisError
 
 from daemon import keys
 from daemon.accounts_file import Account
@@ -24,6 +28,16 @@ from daemon.settings import Settings
 UNBUDGETED = frozenset({"ltx"})
 
 WindowUse = dict[str, int]
+WINDOW_UNITS = {"minute": "min", "hour": "h", "day": "day"}
+
+
+def budget_text(budget: dict[str, WindowUse] | None) -> str:
+    """``12/30 min, 80/500 h``: the requests each window of a budget counted, of its limit."""
+    if not budget:
+        return "-"
+    return ", ".join(
+        f"{use['used']}/{use['limit']} {WINDOW_UNITS.get(window, window)}" for window, use in budget.items()
+    )
 
 
 async def request_budget(
@@ -63,3 +77,34 @@ async def add_request_budgets(
         budget = await request_budget(client, account, now_ms) if account is not None else None
         if budget is not None:
             entry["requestBudget"] = budget
+
+
+class RequestBudgetCollector:
+    """``genrelay_request_budget_used`` / ``_limit`` per budgeted account and window, read from
+    Redis by :meth:`read` (a Redis error leaves them out: ``genrelay_redis_up`` says why)."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.accounts = [a for p in settings.providers() for a in settings.accounts_for(p)]
+        self.families: list[Metric] = []
+
+    async def read(self) -> None:
+        labels = ["provider", "account", "window"]
+        used = GaugeMetricFamily(
+            "genrelay_request_budget_used", "Requests the account's request budget holds now.", labels=labels
+        )
+        limit = GaugeMetricFamily(
+            "genrelay_request_budget_limit", "Requests the budget's window allows.", labels=labels
+        )
+        now_ms = int(time.time() * 1000)
+        try:
+            for account in self.accounts:
+                for window, use in (await request_budget(self.client, account, now_ms) or {}).items():
+                    used.add_metric([account.provider, account.name, window], use["used"])
+                    limit.add_metric([account.provider, account.name, window], use["limit"])
+        except (RedisError, OSError):
+            return
+        self.families = [used, limit]
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)

@@ -342,12 +342,14 @@ class RedisStateCollector:
 
 async def render_web_metrics(client: aioredis.Redis, settings: Settings) -> bytes:
     """The web process's scrape: its own counters, then the gauges read from Redis right now."""
+    from daemon.budget_view import RequestBudgetCollector  # it reads the providers' budget holders
+
     METRICS.declare(settings.providers())
-    state = RedisStateCollector(client, settings)
-    await state.read()
+    state, budgets = RedisStateCollector(client, settings), RequestBudgetCollector(client, settings)
+    await asyncio.gather(state.read(), budgets.read())
     scrape = CollectorRegistry()
-    scrape.register(METRICS.registry)
-    scrape.register(state)
+    for collector in (METRICS.registry, state, budgets):
+        scrape.register(collector)
     return generate_latest(scrape)
 
 

@@ -120,6 +120,7 @@ async def test_accounts_and_deliveries_without_keys_as_tables_and_json(
         "executing",
         "available",
         "state",
+        "requests",
     ]
     code, out, err = await genrelay(env, "accounts", "--json")
     assert code == 0, err

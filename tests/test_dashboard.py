@@ -150,6 +150,10 @@ def test_provider_text_is_escaped_and_only_http_artifacts_are_linked() -> None:
     }
     rendered = render_accounts([account])
     assert "<img" not in rendered and "<script" not in rendered
+    budgeted = {**account, "enabled": True, "requestBudget": {"minute": {"limit": 30, "used": 12}}}
+    assert '<span class="mark budget"' in render_accounts([budgeted]) and "12/30 min" in render_accounts(
+        [budgeted]
+    )
     assert "no artifact" in artifact_link({"assetUrl": "javascript:alert(1)", "kind": "image"})
     assert "no artifact" in artifact_link(None)
     image = artifact_link({"assetUrl": "https://cdn.example/a.webp?sig=1&x=2", "kind": ""})

@@ -19,9 +19,10 @@ from pytest_aiohttp import AiohttpClient
 from daemon import keys
 from daemon.client import Client
 from daemon.errors import ProviderError, SettingsError
-from daemon.metrics import RedisStateCollector, serve_worker_metrics
+from daemon.metrics import RedisStateCollector, render_web_metrics, serve_worker_metrics
 from daemon.providers.base import request_json
 from daemon.redis_connection import connect
+from daemon.request_budget import FULL_SHARE, RequestBudget, RequestLimits
 from daemon.services import Services
 from daemon.settings import Settings
 from daemon.web.app import create_app
@@ -358,3 +359,26 @@ async def test_a_lease_expiry_moves_its_counter(
     finally:
         await runtime.session.close()
     assert expiries() - before == 1
+
+
+async def test_the_scrape_shows_each_budgeted_accounts_request_budget(
+    make_settings: Callable[..., Settings], open_daemon: Any
+) -> None:
+    """``genrelay_request_budget_used`` / ``_limit`` per window, as the budget counted the requests
+    (taken here through its own script); an LTX account has none."""
+    vydra = {"max_jobs": 2, "requests_per_minute": 30, "requests_per_hour": 500}
+    settings = make_settings(accounts={"a1": 1, "vydra/v1": vydra})
+    services: Services = await open_daemon(settings)
+    budget = RequestBudget(services.client, services.scripts)
+    limits = RequestLimits.scaled({"minute": 30, "hour": 500}, 60.0, learnt=False)
+    for _ in range(4):
+        assert await budget.take("vydra", "v1", limits, FULL_SHARE) == 0
+    samples = parse((await render_web_metrics(services.client, settings)).decode())
+    for window, allowed in (("minute", 30), ("hour", 500)):
+        labels = {"provider": "vydra", "account": "v1", "window": window}
+        assert value(samples, "genrelay_request_budget_used", **labels) == 4
+        assert value(samples, "genrelay_request_budget_limit", **labels) == allowed
+    budgeted = {
+        dict(labels)["account"] for name, labels in samples if name.startswith("genrelay_request_budget")
+    }
+    assert budgeted == {"v1"}

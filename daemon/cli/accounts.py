@@ -8,13 +8,23 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from daemon.budget_view import budget_text
 from daemon.cli.common import add_json_flag, existing_redis, format_table, load_settings, note, print_json
 from daemon.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from daemon.settings import Settings
 
-COLUMNS = ("provider", "account", "maxJobs", "effectiveMaxJobs", "executing", "available", "state")
+COLUMNS = (
+    "provider",
+    "account",
+    "maxJobs",
+    "effectiveMaxJobs",
+    "executing",
+    "available",
+    "state",
+    "requests",
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -25,7 +35,9 @@ def add_parser(sub: Any) -> None:
         "its maxJobs, its effective slot count (maxJobs less the slots concurrency 429s showed taken by "
         "someone else; they come back one per GENRELAY_CAPACITY_RECOVERY seconds without one), the jobs "
         "executing on it, the free slots and its state (ok, cooling down after a "
-        "429, disabled), then the jobs waiting per provider. `enable NAME` / `disable NAME` switch an "
+        "429, disabled), the requests its request budget counted against the provider's limits per "
+        "minute, hour and day (vydra; useapi accounts with requests_per_minute), then the jobs waiting "
+        "per provider. `enable NAME` / `disable NAME` switch an "
         "account on or off for new submissions (jobs running on it finish). Reads Redis only: the "
         "accounts' key variables need not be set.",
     )
@@ -61,6 +73,7 @@ def account_rows(capacity: dict[str, Any], now_ms: int) -> list[tuple[str, ...]]
             str(entry["executing"]),
             str(entry["available"]),
             state_of(entry, now_ms),
+            budget_text(entry.get("requestBudget")),
         )
         for entry in capacity["available"]
     ]
@@ -96,6 +109,7 @@ def as_json(capacity: dict[str, Any], now_ms: int) -> dict[str, Any]:
             "state": state_of(entry, now_ms),
             "foreign": entry.get("foreign", 0),
             "lastSync": entry.get("lastSync"),
+            "requestBudget": entry.get("requestBudget"),
         }
         for entry in capacity["available"]
     ]

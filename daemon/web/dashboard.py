@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
+from daemon.budget_view import budget_text
 from daemon.keys import ASSET_ID_PATTERN
 from daemon.slots import format_elapsed
 from daemon.store import MAX_PAGE_SIZE
@@ -155,6 +156,11 @@ def _account_row(entry: dict[str, Any]) -> str:
     if not enabled:
         reason = escape(entry.get("disabledReason") or "")
         marks += f'<span class="mark disabled" title="{reason}">disabled</span>'
+    if entry.get("requestBudget"):
+        marks += (
+            '<span class="mark budget" title="requests the request budget counted, of the provider\'s '
+            f'limits">{escape(budget_text(entry["requestBudget"]))}</span>'
+        )
     return (
         f'<div class="account" data-provider="{escape(entry["provider"])}" '
         f'data-account="{escape(entry["email"])}" data-busy="{busy}" data-max="{max_jobs}" '

@@ -61,6 +61,15 @@
     if (!entry.enabled) {
       marks.push(h("span", { class: "mark disabled", title: entry.disabledReason || "" }, "disabled"));
     }
+    if (entry.requestBudget) {
+      const units = { minute: "min", hour: "h", day: "day" };
+      const text = Object.entries(entry.requestBudget)
+        .map(([window, use]) => `${use.used}/${use.limit} ${units[window] ?? window}`)
+        .join(", ");
+      marks.push(
+        h("span", { class: "mark budget", title: "requests the request budget counted, of the provider's limits" }, text),
+      );
+    }
     return h(
       "div",
       {
