@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ from emulator.config import EmulatorConfig
 from emulator.ltx_state import STATE_KEY, EmulatorState
 from emulator.ltxstudio_state import STUDIO_KEY, StudioState
 from emulator.responses import ApiError, error_response
+from emulator.useapi_contracts import CONTRACTS
 from emulator.useapi_services_state import SERVICES_KEY, ServicesState
 from emulator.vydra_state import VYDRA_KEY, VydraState
 
@@ -23,11 +25,34 @@ log = logging.getLogger(__name__)
 ReadyCallback = Callable[[str, int], None]
 
 
+def provider_of_path(path: str) -> str | None:
+    """The provider whose API ``path`` belongs to; None for the emulator's own routes and files."""
+    for name, contract in CONTRACTS.items():
+        if path.startswith(f"{contract.prefix}/"):
+            return name
+    if path.startswith(f"{ltxstudio.PREFIX}/"):
+        return "ltxstudio"
+    if path.startswith("/v2/"):
+        return "ltx"
+    if path.startswith(f"{vydra.PREFIX}/"):
+        return "vydra"
+    return None
+
+
+@web.middleware
+async def count_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    provider = provider_of_path(request.path)
+    if provider is not None:
+        request.app[control.REQUESTS_KEY][provider] += 1
+    return await handler(request)
+
+
 def create_app(
     config: EmulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic
 ) -> web.Application:
     """The emulator app; clock (seconds, monotonic) drives job status, so tests may pass a fake."""
-    app = web.Application(middlewares=[error_middleware, fault_middleware])
+    app = web.Application(middlewares=[count_middleware, error_middleware, fault_middleware])
+    app[control.REQUESTS_KEY] = collections.Counter()
     state = app[STATE_KEY] = EmulatorState(config or EmulatorConfig(), clock)
     studio = app[STUDIO_KEY] = StudioState(state)
     app.cleanup_ctx.append(studio.webhooks.context)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import orjson
@@ -14,6 +15,10 @@ from emulator.useapi_services_state import SERVICES_KEY
 from emulator.vydra_state import VYDRA_KEY
 
 PREFIX = "/_emulator"
+
+# Requests each provider's API received since the emulator started (``provider_requests`` in the
+# stats, counted by emulator/app.py): what a client costs a provider, whatever the answer.
+REQUESTS_KEY: web.AppKey[collections.Counter[str]] = web.AppKey("provider_requests", collections.Counter)
 
 
 def routes() -> list[web.RouteDef]:
@@ -39,7 +44,8 @@ def routes() -> list[web.RouteDef]:
 async def stats(request: web.Request) -> web.Response:
     app = request.app
     stats = app[STATE_KEY].stats() | app[STUDIO_KEY].stats() | app[SERVICES_KEY].stats()
-    return json_response(stats | app[VYDRA_KEY].stats())
+    requests: collections.Counter[str] = app[REQUESTS_KEY]
+    return json_response(stats | app[VYDRA_KEY].stats() | {"provider_requests": dict(requests)})
 
 
 async def get_config(request: web.Request) -> web.Response:

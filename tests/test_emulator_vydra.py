@@ -286,3 +286,17 @@ async def test_keys_of_one_organisation_share_its_windows_and_the_hour_limit_ref
     assert stats[first]["requests"] + stats[second]["requests"] == 6
     organizations = (await emulator.stats())["vydra"]["organizations"]  # type: ignore[index]
     assert organizations["org_x"] == {"max_requests_in_minute": 6, "max_requests_in_hour": 6}
+
+
+async def test_the_requests_each_providers_api_received_are_counted(emulator: Emulator) -> None:
+    """``provider_requests`` counts what reached a provider's API, answered or refused; the
+    emulator's own routes and the result files are not counted."""
+    for _ in range(3):
+        await call(emulator, "GET", "jobs")
+    await call(emulator, "GET", "jobs", key="vydra_live_user_9_unknown")  # refused: still a request
+    async with emulator.session.get(f"{emulator.url}/v2/text-to-video/nope") as resp:
+        assert resp.status == 401
+    async with emulator.session.get(f"{emulator.url}/files/x.mp4") as resp:
+        assert resp.status == 200
+    stats = await emulator.stats()
+    assert stats["provider_requests"] == {"vydra": 4, "ltx": 1}
