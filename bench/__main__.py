@@ -6,7 +6,8 @@ burst and latency (jobs through a Redis link with 200 ms of latency). The long o
 named (see README "Measuring"): ``load`` (scenario F47 of docs/fault-scenarios.md, 10,000 jobs),
 ``polling`` (the polling ceiling, 10,000 jobs for 60 s), ``archive`` (copy speed and memory
 of the artifact archive), ``scale`` (slot script cost by accounts and backlog, polling over
-300 accounts, memory per job; docs/slots.md) and ``soak`` (scenario F48,
+300 accounts, memory per job; docs/slots.md), ``requests`` (provider requests per completed job,
+by provider) and ``soak`` (scenario F48,
 ``make soak MINUTES=N``). Options after the name go to that benchmark:
 ``python -m bench load --jobs 500``. ``validation`` (job request validation, the msgspec models
 against the hand-written checks they replaced) runs only when named.
@@ -24,6 +25,7 @@ from bench import (
     dispatch,
     load,
     polling,
+    provider_requests,
     redis_latency,
     scale,
     slots,
@@ -54,6 +56,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "validation": _plain(validation.main),
     "archive": archive.main,
     "scale": scale.main,
+    "requests": provider_requests.main,
 }
 SHORT = ("slots", "dispatch", "callbacks", "burst", "latency")
 
