@@ -239,20 +239,12 @@ async def _account_stopped_alerts(
     runtime: WorkerRuntime, provider: str, account: str, exc: ProviderError
 ) -> None:
     services = runtime.services
-    await raise_alert(
-        services.client,
-        services.settings,
-        ACCOUNT_DISABLED,
-        provider=provider,
-        account=account,
-        message=str(exc),
-        status=exc.status,
-    )
-    if exc.status in credits_statuses(provider):
+    kinds = [ACCOUNT_DISABLED, *([CREDITS_LOW] if exc.status in credits_statuses(provider) else [])]
+    for kind in kinds:
         await raise_alert(
             services.client,
             services.settings,
-            CREDITS_LOW,
+            kind,
             provider=provider,
             account=account,
             message=str(exc),
