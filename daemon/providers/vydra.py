@@ -526,7 +526,8 @@ class VydraProvider:
         holder = organization_holder(str(organization))
         if account.requests_per_minute is None and "complete" not in await budget.learnt(self.name, holder):
             with contextlib.suppress(ProviderError):
-                await self._read_limits(session, budget, account, holder, wait=True)
+                # The full share: the polls never starve the read that finds the plan.
+                await self._read_limits(session, budget, account, holder, share=FULL_SHARE, wait=True)
         return holder, True
 
     async def _read_limits(
@@ -536,12 +537,13 @@ class VydraProvider:
         account: Account,
         holder: str,
         *,
+        share: float,
         wait: bool = False,
     ) -> Any:
         """``GET /account/rate-limits``; its ``rpm``, ``rph`` and ``rpd`` are kept as the holder's
-        limits. The read takes from the budget it reports on with the full share, so it is never
-        starved by the polls; without ``wait``, ``BudgetExhausted`` when a window is full now."""
-        await self._take(budget, account, holder, FULL_SHARE, wait=wait)
+        limits. The read takes ``share`` of the budget it reports on; without ``wait``,
+        ``BudgetExhausted`` when that share of a window is used now."""
+        await self._take(budget, account, holder, share, wait=wait)
         url = f"{account.base_url}/api/v1/account/rate-limits"
         _, body = await request_json(session, "GET", url, account=account, classify=classify)
         limits = body.get("limits") if isinstance(body, dict) else None
@@ -564,8 +566,9 @@ class VydraProvider:
 
     async def _limits(self, session: aiohttp.ClientSession, account: Account) -> int | None:
         """The account's ``concurrent`` cap from ``GET /account/rate-limits`` (None when vydra did
-        not say), read at each capacity sync; skipped when the budget has no room now (the
-        answers' headers report the minute's limit meanwhile)."""
+        not say), read at each capacity sync with the polls' share of the budget: skipped when
+        that is used now, so submits of waiting jobs come first (the answers' headers report the
+        minute's limit meanwhile)."""
         key = (account.base_url, account.name)
         budget = budget_of(session)
         try:
@@ -574,7 +577,7 @@ class VydraProvider:
                 limits = body.get("limits") if isinstance(body, dict) else None
             else:
                 holder = await self._holder(session, budget, account)
-                limits = await self._read_limits(session, budget, account, holder)
+                limits = await self._read_limits(session, budget, account, holder, share=POLL_SHARE)
         except ProviderError:
             return self._max_jobs.get(key)
         concurrent = _number(limits.get("concurrent")) if isinstance(limits, dict) else None
