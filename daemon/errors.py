@@ -92,7 +92,8 @@ class ProviderAction(enum.StrEnum):
 
 
 class Limit(enum.StrEnum):
-    """Which of a provider's limits a 429 says was hit (docs/providers.md §2.5, §3.5)."""
+    """Which of a provider's limits a 429 says was hit (https://docs.ltx.video/rate-limits,
+    https://www.vydra.ai/docs/rate-limits)."""
 
     CONCURRENCY = "concurrency"  # every slot of the account is in use: the account runs fewer than we count
     RATE = "rate"  # too many requests: the account cools down, its slots are untouched

@@ -1,12 +1,13 @@
 """Learned capacity: the slots of an account that someone else uses, as the provider's 429s tell.
 
 A concurrency 429 (LTX ``concurrency_limit_error``, https://docs.ltx.video/rate-limits; useapi.net
-429 "maxJobs reached"; vydra 429 with ``limits.type`` ``concurrent``: docs/providers.md §1, §2.5,
-§3.5) means the provider's slots of the account are all in use while we count one free: another
-client runs jobs on the same key. The slot scripts then lower the account's effective slot count by
-one, never below one (``lua/lib.lua`` learn_busy), and give one slot back after each quiet period of
-``GENRELAY_CAPACITY_RECOVERY`` seconds without another (settle_learned); a capacity listing replaces
-what was learned at once (``lua/reconcile.lua``). docs/slots.md "Learned capacity" has the keys.
+429 "maxJobs reached"; vydra 429 with ``limits.type`` ``concurrent``,
+https://www.vydra.ai/docs/rate-limits) means the provider's slots of the account are all in use
+while we count one free: another client runs jobs on the same key. The slot scripts then lower
+the account's effective slot count by one, never below one (``lua/lib.lua`` learn_busy), and give
+one slot back after each quiet period of ``GENRELAY_CAPACITY_RECOVERY`` seconds without another
+(settle_learned); a capacity listing replaces what was learned at once (``lua/reconcile.lua``).
+docs/slots.md "Learned capacity" has the keys.
 
 These helpers compute the same figures for the views (``GET /v1/scheduler/available``, metrics)
 from what Redis holds, so that a read between two scripts shows what the next script will apply.

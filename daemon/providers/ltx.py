@@ -30,7 +30,7 @@ RESULT_KEYS = {
 }
 RESULT_RETENTION_MS = 24 * 3600 * 1000
 STOP_ACCOUNT_STATUSES = frozenset({401, 402, 403})
-# A 429's error.type says which limit was hit (https://docs.ltx.video/rate-limits, docs/providers.md §2.5).
+# A 429's error.type says which limit was hit (https://docs.ltx.video/rate-limits).
 LIMITS = {"concurrency_limit_error": Limit.CONCURRENCY, "rate_limit_error": Limit.RATE}
 # The id a probe reads: no job has it, so a working key gets a 404.
 PROBE_JOB_ID = "genrelay-probe-00000000000000000000000000000000"

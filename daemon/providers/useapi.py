@@ -62,7 +62,8 @@ CALLBACK_TYPES = frozenset({"active", "completed", "failed"})
 
 
 # useapi's 429 says the account's jobs fill its maxJobs ("API query is full", "maxJobs reached", all
-# accounts busy: docs/providers.md §1 errors, docs/useapi-services.md); any other 429 is a rate limit.
+# accounts busy: the useapi errors table of docs/providers.md, docs/useapi-services.md); any other
+# 429 is a rate limit.
 _BUSY_429 = re.compile(r"maxJobs|query is full|busy", re.IGNORECASE)
 
 

@@ -120,7 +120,7 @@ def classify(status: int, body: Any, headers: Mapping[str, str]) -> None:
 def _limit(status: int, body: Any) -> Limit | None:
     """Which limit a 429 reports: its body's ``limits.type`` (https://www.vydra.ai/docs/rate-limits)
     is ``minute``, ``hour`` or ``day`` for a request window, ``concurrent`` for the jobs running at
-    once (docs/providers.md §3.5)."""
+    once."""
     if status != 429:
         return None
     limits = body.get("limits") if isinstance(body, dict) else None
