@@ -18,9 +18,9 @@ from daemon.accounts_file import Account
 from daemon.providers import vydra
 from daemon.request_budget import (
     USEAPI_BUDGET,
-    RequestLimit,
     RequestLimits,
     shared_budget_holder,
+    useapi_budget_limit,
 )
 from daemon.settings import Settings
 
@@ -48,9 +48,8 @@ async def request_budget(
     if account.provider == "vydra":
         provider, holder = "vydra", await vydra.known_holder(client, account)
         limits = vydra.request_limits(account)
-    elif account.provider not in UNBUDGETED and account.requests_per_minute is not None:
+    elif account.provider not in UNBUDGETED and (minute := useapi_budget_limit(account)) is not None:
         provider, holder = USEAPI_BUDGET, shared_budget_holder(account)
-        minute = RequestLimit(account.requests_per_minute, account.rate_window_seconds or 60.0)
         limits = RequestLimits((("minute", minute),))
     else:
         return None

@@ -208,6 +208,14 @@ class RequestBudget:
 USEAPI_BUDGET = "useapi"
 
 
+def useapi_budget_limit(account: Account) -> RequestLimit | None:
+    """The limit a useapi account's token budget takes with: its ``requests_per_minute`` (per
+    ``rate_window_seconds``), or None when the accounts file sets none (no budget then)."""
+    if account.requests_per_minute is None:
+        return None
+    return RequestLimit(account.requests_per_minute, account.rate_window_seconds or 60.0)
+
+
 def shared_budget_holder(account: Account) -> str:
     """The budget a useapi account takes from: one per API token (and API root), so every
     account of one token shares it. The key itself never appears, only a digest of it."""

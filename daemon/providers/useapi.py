@@ -51,9 +51,9 @@ from daemon.request_budget import (
     FULL_SHARE,
     MAX_WAIT_S,
     USEAPI_BUDGET,
-    RequestLimit,
     budget_of,
     shared_budget_holder,
+    useapi_budget_limit,
 )
 
 __all__ = ["LTX_STUDIO_OPERATIONS", "SERVICES", "UseapiProvider", "make_provider"]
@@ -510,10 +510,9 @@ def _with_ref(url: str, job_id: str) -> str:
 async def take_budget(session: aiohttp.ClientSession, account: Account) -> None:
     """Accounts with ``requests_per_minute`` take a unit first from the budget of their useapi
     token: every account (of every service) under one token shares it."""
-    budget = budget_of(session)
-    if budget is None or account.requests_per_minute is None:
+    budget, limit = budget_of(session), useapi_budget_limit(account)
+    if budget is None or limit is None:
         return
-    limit = RequestLimit(account.requests_per_minute, account.rate_window_seconds or 60.0)
     holder = shared_budget_holder(account)
     deadline = time.monotonic() + MAX_WAIT_S
     while (left := await budget.take(USEAPI_BUDGET, holder, limit, FULL_SHARE)) > 0:

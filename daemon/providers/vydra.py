@@ -435,7 +435,7 @@ class VydraProvider:
             await self._learn_minute(budget, holder, limit)
         remaining = reported.get("remaining")
         if remaining is not None and remaining <= limit // 4:
-            minute = RequestLimit(limit, self._request_limits(account).minute.window_s)
+            minute = RequestLimit(limit, request_limits(account).minute.window_s)
             added = await budget.correct(self.name, holder, minute, limit - remaining)
             if added:
                 log.info("vydra counts more requests than the budget did", account=account.name, added=added)
@@ -443,7 +443,7 @@ class VydraProvider:
     async def _take(
         self, budget: RequestBudget, account: Account, holder: str, share: float, wait: bool
     ) -> None:
-        limits = self._request_limits(account)
+        limits = request_limits(account)
         deadline = time.monotonic() + MAX_WAIT_S
         while (left := await budget.take(self.name, holder, limits, share)) > 0:
             if not wait or time.monotonic() + left > deadline:
@@ -467,9 +467,6 @@ class VydraProvider:
         if hour_day is not None:
             guessed = {"hour": hour_day[0], "day": hour_day[1]}
             await budget.learn(self.name, holder, guessed, keep=not changed)
-
-    def _request_limits(self, account: Account) -> RequestLimits:
-        return request_limits(account)
 
     async def _holder(self, session: aiohttp.ClientSession, budget: RequestBudget, account: Account) -> str:
         """Whose budget the account's requests take from: its organisation's (vydra limits per
@@ -519,10 +516,9 @@ class VydraProvider:
             organization_key = keys.organization_key(self.name, account.name)
             await budget.client.set(organization_key, organization, ex=ORGANIZATION_TTL_S)
             # That request counts at vydra in the organisation's windows: in its budget too.
-            await budget.take(
-                self.name, organization_holder(organization), self._request_limits(account), 1.0
-            )
-            await self._heard(budget, account, organization_holder(organization), reported)
+            holder = organization_holder(organization)
+            await budget.take(self.name, holder, request_limits(account), FULL_SHARE)
+            await self._heard(budget, account, holder, reported)
         holder = organization_holder(str(organization))
         if account.requests_per_minute is None and "complete" not in await budget.learnt(self.name, holder):
             with contextlib.suppress(ProviderError):
@@ -557,7 +553,7 @@ class VydraProvider:
             await budget.learn(self.name, holder, reported, complete=True)
         # vydra's own count of each window: what was spent elsewhere takes from the budget too.
         usage = body.get("usage") if isinstance(body, dict) else None
-        windows = dict(self._request_limits(account).windows)
+        windows = dict(request_limits(account).windows)
         for window, counted in (usage if isinstance(usage, dict) else {}).items():
             used = _number(counted.get("used")) if isinstance(counted, dict) else None
             if window in windows and used is not None and used >= 1:
